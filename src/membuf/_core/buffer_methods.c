@@ -1,0 +1,514 @@
+/* What Python code sees of a Buffer: attributes, len / index / slice, ==,
+ * repr, tobytes(), hex(), release(), and the context manager.
+ *
+ * Rule for every operation that touches the memory: check MB_REFUSES_WORK
+ * *after* anything that can run Python code (__index__, another object's
+ * buffer export), because that code may have released the Buffer.
+ *
+ * Typed and multi-dimensional Buffers delegate element access to a
+ * memoryview of themselves, which holds an export while it works: the
+ * memory cannot be released under it, and the semantics are memoryview's.
+ */
+#include "core.h"
+
+const char membuf_type_doc[] =
+    "Buffer: a zero-copy, lifetime-managed view of memory owned by C code.\n"
+    "\n"
+    "Created by membuf.from_address() or, from C, MemBuf_FromMemory() /\n"
+    "MemBuf_FromSpec().  Speaks the buffer protocol; release() gives the memory\n"
+    "back (refused with BufferError while exports are alive).";
+
+/* A memoryview over self (an export), or NULL with ValueError if released. */
+static PyObject *
+as_memoryview(MemBufObject *self)
+{
+    return PyMemoryView_FromObject((PyObject *)self);
+}
+
+static int
+is_byte_vector(const MemBufObject *self)
+{
+    return self->format == NULL && self->ndim == 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* len, indexing, slicing                                                   */
+/* ------------------------------------------------------------------------ */
+
+static Py_ssize_t
+membuf_length(MemBufObject *self)
+{
+    if (MB_REFUSES_WORK(self)) {
+        return membuf_refuse(self);
+    }
+    if (self->ndim == 0) {
+        PyErr_SetString(PyExc_TypeError, "0-dim memory has no length");
+        return -1;
+    }
+    return self->shape[0];
+}
+
+/* Item i (already made non-negative by the caller where it could be). */
+static PyObject *
+membuf_item(MemBufObject *self, Py_ssize_t i)
+{
+    if (MB_REFUSES_WORK(self)) {
+        membuf_refuse(self);
+        return NULL;
+    }
+    if (self->ndim == 0) {
+        PyErr_SetString(PyExc_TypeError, "invalid indexing of 0-dim memory");
+        return NULL;
+    }
+    if (i < 0 || i >= self->shape[0]) {
+        PyErr_SetString(PyExc_IndexError, "index out of bounds on dimension 1");
+        return NULL;
+    }
+    if (is_byte_vector(self)) {
+        return PyLong_FromLong(*(unsigned char *)(self->buf + i * self->strides[0]));
+    }
+    PyObject *view = as_memoryview(self);
+    if (view == NULL) {
+        return NULL;
+    }
+    PyObject *item = PySequence_GetItem(view, i);
+    Py_DECREF(view);
+    return item;
+}
+
+static PyObject *
+membuf_slice(MemBufObject *self, PyObject *key)
+{
+    Py_ssize_t start, stop, step, count;
+    Py_ssize_t shape[MEMBUF_MAX_NDIM], strides[MEMBUF_MAX_NDIM];
+
+    if (PySlice_Unpack(key, &start, &stop, &step) < 0) {
+        return NULL;
+    }
+    /* __index__ of the slice's parts may have released us. */
+    if (MB_REFUSES_WORK(self)) {
+        membuf_refuse(self);
+        return NULL;
+    }
+    if (self->ndim == 0) {
+        PyErr_SetString(PyExc_TypeError, "invalid indexing of 0-dim memory");
+        return NULL;
+    }
+    count = PySlice_AdjustIndices(self->shape[0], &start, &stop, step);
+    memcpy(shape, self->shape, (size_t)self->ndim * sizeof(Py_ssize_t));
+    memcpy(strides, self->strides, (size_t)self->ndim * sizeof(Py_ssize_t));
+    shape[0] = count;
+    strides[0] = self->strides[0] * step;
+    char *buf = count > 0 ? self->buf + start * self->strides[0] : self->buf;
+    return membuf_new_view(self, buf, self->ndim, shape, strides);
+}
+
+static PyObject *
+membuf_subscript(MemBufObject *self, PyObject *key)
+{
+    if (MB_REFUSES_WORK(self)) {
+        membuf_refuse(self);
+        return NULL;
+    }
+    if (PyIndex_Check(key)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        /* __index__ may have released us: checked again here. */
+        if (MB_REFUSES_WORK(self)) {
+            membuf_refuse(self);
+            return NULL;
+        }
+        if (self->ndim > 0 && i < 0) {
+            i += self->shape[0];
+        }
+        return membuf_item(self, i);
+    }
+    if (PySlice_Check(key)) {
+        return membuf_slice(self, key);
+    }
+    /* Tuples, Ellipsis, ...: memoryview's rules and errors. */
+    PyObject *view = as_memoryview(self);
+    if (view == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_GetItem(view, key);
+    Py_DECREF(view);
+    return result;
+}
+
+static int
+membuf_ass_subscript(MemBufObject *self, PyObject *key, PyObject *value)
+{
+    PyObject *view = as_memoryview(self);
+    if (view == NULL) {
+        return -1;
+    }
+    int rc = value != NULL ? PyObject_SetItem(view, key, value) : PyObject_DelItem(view, key);
+    Py_DECREF(view);
+    return rc;
+}
+
+PySequenceMethods membuf_as_sequence = {
+    .sq_length = (lenfunc)membuf_length,
+    .sq_item = (ssizeargfunc)membuf_item,
+};
+
+PyMappingMethods membuf_as_mapping = {
+    .mp_length = (lenfunc)membuf_length,
+    .mp_subscript = (binaryfunc)membuf_subscript,
+    .mp_ass_subscript = (objobjargproc)membuf_ass_subscript,
+};
+
+/* ------------------------------------------------------------------------ */
+/* ==                                                                       */
+/* ------------------------------------------------------------------------ */
+
+static int
+is_unsigned_bytes_format(const char *format)
+{
+    return format == NULL || (format[0] == 'B' && format[1] == '\0') ||
+           (format[0] == '@' && format[1] == 'B' && format[2] == '\0');
+}
+
+/* Equal by content to any bytes-like object, as memoryview is.  A released
+ * Buffer is equal only to itself (memoryview's rule too). */
+PyObject *
+membuf_richcompare(PyObject *obj, PyObject *other, int op)
+{
+    MemBufObject *self = (MemBufObject *)obj;
+    Py_buffer theirs;
+    int equal;
+
+    if (op != Py_EQ && op != Py_NE) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (obj == other) {
+        equal = 1;
+        goto done;
+    }
+    if (MB_REFUSES_WORK(self)) {
+        equal = 0;
+        goto done;
+    }
+    if (!PyObject_CheckBuffer(other)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (PyObject_GetBuffer(other, &theirs, PyBUF_FULL_RO) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    /* other's export may have run code that released us */
+    if (MB_REFUSES_WORK(self)) {
+        PyBuffer_Release(&theirs);
+        equal = 0;
+        goto done;
+    }
+    if ((self->flags & MB_COMPACT) && theirs.ndim == 1 && is_unsigned_bytes_format(theirs.format) &&
+        PyBuffer_IsContiguous(&theirs, 'C')) {
+        equal = theirs.len == self->nbytes && memcmp(self->buf, theirs.buf, (size_t)self->nbytes) == 0;
+        PyBuffer_Release(&theirs);
+        goto done;
+    }
+    PyBuffer_Release(&theirs);
+    PyObject *view = as_memoryview(self);
+    if (view == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_RichCompare(view, other, op);
+    Py_DECREF(view);
+    return result;
+
+done:
+    return PyBool_FromLong(op == Py_EQ ? equal : !equal);
+}
+
+/* ------------------------------------------------------------------------ */
+/* repr                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static PyObject *
+shape_tuple(int ndim, const Py_ssize_t *values)
+{
+    PyObject *tuple = PyTuple_New(ndim);
+    if (tuple == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < ndim; i++) {
+        PyObject *item = PyLong_FromSsize_t(values[i]);
+        if (item == NULL) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(tuple, i, item);
+    }
+    return tuple;
+}
+
+PyObject *
+membuf_repr(MemBufObject *self)
+{
+    const char *access = (self->flags & MEMBUF_WRITABLE) ? "writable" : "read-only";
+    PyObject *state;
+    if (MB_IS_RELEASED(self)) {
+        state = PyUnicode_FromString(", released");
+    }
+    else if (self->flags & MB_PENDING) {
+        state = PyUnicode_FromFormat(", release pending on %zd export%s", self->exports,
+                                     self->exports == 1 ? "" : "s");
+    }
+    else if (self->exports > 0) {
+        state = PyUnicode_FromFormat(", %zd export%s", self->exports,
+                                     self->exports == 1 ? "" : "s");
+    }
+    else {
+        state = PyUnicode_FromString("");
+    }
+    if (state == NULL) {
+        return NULL;
+    }
+    PyObject *result;
+    if (self->flags & MB_COMPACT) {
+        result = PyUnicode_FromFormat("<membuf.Buffer address=%p nbytes=%zd %s%U>", self->buf,
+                                      self->nbytes, access, state);
+    }
+    else {
+        PyObject *shape = shape_tuple(self->ndim, self->shape);
+        if (shape == NULL) {
+            Py_DECREF(state);
+            return NULL;
+        }
+        result = PyUnicode_FromFormat("<membuf.Buffer address=%p nbytes=%zd format='%s' shape=%R "
+                                      "%s%U>",
+                                      self->buf, self->nbytes, membuf_format(self), shape, access,
+                                      state);
+        Py_DECREF(shape);
+    }
+    Py_DECREF(state);
+    return result;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Methods                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static PyObject *
+membuf_release_method(MemBufObject *self, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames)
+{
+    PyObject *defer_obj = NULL;
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > 1 || nargs + nkw > 1) {
+        PyErr_Format(PyExc_TypeError, "release() takes at most 1 argument (%zd given)",
+                     nargs + nkw);
+        return NULL;
+    }
+    if (nargs == 1) {
+        defer_obj = args[0];
+    }
+    else if (nkw == 1) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
+        if (!PyUnicode_Check(name) || PyUnicode_CompareWithASCIIString(name, "defer") != 0) {
+            PyErr_Format(PyExc_TypeError, "release() got an unexpected keyword argument '%S'",
+                         name);
+            return NULL;
+        }
+        defer_obj = args[0];
+    }
+    int defer = 0;
+    if (defer_obj != NULL) {
+        defer = PyObject_IsTrue(defer_obj);
+        if (defer < 0) {
+            return NULL;
+        }
+    }
+    if (membuf_release(self, defer) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+membuf_enter(MemBufObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (MB_REFUSES_WORK(self)) {
+        membuf_refuse(self);
+        return NULL;
+    }
+    return Py_NewRef((PyObject *)self);
+}
+
+static PyObject *
+membuf_exit(MemBufObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    (void)nargs;
+    if (membuf_release(self, 0) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+membuf_tobytes(MemBufObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (MB_REFUSES_WORK(self)) {
+        membuf_refuse(self);
+        return NULL;
+    }
+    if (self->flags & MB_C_CONTIG) {
+        return PyBytes_FromStringAndSize(self->buf, self->nbytes);
+    }
+    PyObject *view = as_memoryview(self);
+    if (view == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_CallMethod(view, "tobytes", NULL);
+    Py_DECREF(view);
+    return result;
+}
+
+static PyObject *
+membuf_hex(MemBufObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *view = as_memoryview(self);
+    if (view == NULL) {
+        return NULL;
+    }
+    PyObject *hex = PyObject_GetAttrString(view, "hex");
+    PyObject *result = hex != NULL ? PyObject_Vectorcall(hex, args, (size_t)nargs, kwnames) : NULL;
+    Py_XDECREF(hex);
+    Py_DECREF(view);
+    return result;
+}
+
+PyMethodDef membuf_methods[] = {
+    {"release", (PyCFunction)(void (*)(void))membuf_release_method, METH_FASTCALL | METH_KEYWORDS,
+     "release(defer=False)\n--\n\n"
+     "Give the memory back now: the release callback runs (exactly once) and\n"
+     "the owner is dropped.  Raises BufferError while exports (memoryviews,\n"
+     "NumPy arrays, slices, ...) are alive, unless defer=True: then new exports\n"
+     "are refused at once and the memory goes back when the last export ends.\n"
+     "Releasing a released Buffer does nothing."},
+    {"tobytes", (PyCFunction)membuf_tobytes, METH_NOARGS,
+     "tobytes()\n--\n\nA copy of the contents as bytes (C order)."},
+    {"hex", (PyCFunction)(void (*)(void))membuf_hex, METH_FASTCALL | METH_KEYWORDS,
+     "hex(sep=..., bytes_per_sep=1)\n--\n\nThe contents as hexadecimal, as memoryview.hex()."},
+    {"__enter__", (PyCFunction)membuf_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))membuf_exit, METH_FASTCALL,
+     "Strict release() at the end of the with block."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ------------------------------------------------------------------------ */
+/* Attributes: none of them touch the memory, so all answer after release.  */
+/* ------------------------------------------------------------------------ */
+
+static PyObject *
+get_address(MemBufObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromVoidPtr(self->buf);
+}
+
+static PyObject *
+get_nbytes(MemBufObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(self->nbytes);
+}
+
+static PyObject *
+get_readonly(MemBufObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(!(self->flags & MEMBUF_WRITABLE));
+}
+
+static PyObject *
+get_released(MemBufObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(MB_IS_RELEASED(self));
+}
+
+static PyObject *
+get_exports(MemBufObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(self->exports);
+}
+
+static PyObject *
+get_format(MemBufObject *self, void *closure)
+{
+    (void)closure;
+    return PyUnicode_FromString(membuf_format(self));
+}
+
+static PyObject *
+get_itemsize(MemBufObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(self->itemsize);
+}
+
+static PyObject *
+get_ndim(MemBufObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(self->ndim);
+}
+
+static PyObject *
+get_shape(MemBufObject *self, void *closure)
+{
+    (void)closure;
+    return shape_tuple(self->ndim, self->shape);
+}
+
+static PyObject *
+get_strides(MemBufObject *self, void *closure)
+{
+    (void)closure;
+    return shape_tuple(self->ndim, self->strides);
+}
+
+static PyObject *
+get_owner(MemBufObject *self, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(self->owner != NULL ? self->owner : Py_None);
+}
+
+static PyObject *
+get_contiguous(MemBufObject *self, void *closure)
+{
+    return PyBool_FromLong((self->flags & (int)(Py_intptr_t)closure) != 0);
+}
+
+PyGetSetDef membuf_getset[] = {
+    {"address", (getter)get_address, NULL,
+     "Address of the first element, as an int: what every export sees.", NULL},
+    {"nbytes", (getter)get_nbytes, NULL, "Size of the contents in bytes.", NULL},
+    {"readonly", (getter)get_readonly, NULL, "True unless created writable.", NULL},
+    {"released", (getter)get_released, NULL, "True once the memory has been given back.", NULL},
+    {"exports", (getter)get_exports, NULL, "Number of live buffer exports.", NULL},
+    {"format", (getter)get_format, NULL, "struct-module format of one item.", NULL},
+    {"itemsize", (getter)get_itemsize, NULL, "Size of one item in bytes.", NULL},
+    {"ndim", (getter)get_ndim, NULL, "Number of dimensions.", NULL},
+    {"shape", (getter)get_shape, NULL, "Tuple of ndim lengths.", NULL},
+    {"strides", (getter)get_strides, NULL, "Tuple of ndim strides in bytes.", NULL},
+    {"owner", (getter)get_owner, NULL,
+     "Object kept alive until release (None after release, or if none).", NULL},
+    {"c_contiguous", (getter)get_contiguous, NULL, "True if the layout is C-contiguous.",
+     (void *)(Py_intptr_t)MB_C_CONTIG},
+    {"f_contiguous", (getter)get_contiguous, NULL, "True if the layout is Fortran-contiguous.",
+     (void *)(Py_intptr_t)MB_F_CONTIG},
+    {"contiguous", (getter)get_contiguous, NULL, "True if C- or Fortran-contiguous.",
+     (void *)(Py_intptr_t)(MB_C_CONTIG | MB_F_CONTIG)},
+    {NULL, NULL, NULL, NULL, NULL},
+};

@@ -1,0 +1,608 @@
+/* The Buffer object: creation (with layout validation), release, dealloc, GC.
+ *
+ * Ownership in one sentence: from the moment membuf_from_spec() is entered,
+ * the Buffer machinery owns the duty to call the release callback exactly
+ * once -- on failure right away, on success at the first release, deferred
+ * release or deallocation -- and it drops `owner` right after that call.
+ */
+#include "core.h"
+
+#include <string.h>
+
+/* An empty Buffer created from NULL exports this address instead, so that no
+ * consumer ever sees buf == NULL (memcpy(dst, NULL, 0) is undefined). */
+static char membuf_empty[1];
+
+/* ------------------------------------------------------------------------ */
+/* Formats                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Item size of a struct-module format, or -1 with ValueError set.  Native
+ * single-character formats are answered without calling into Python. */
+static Py_ssize_t
+itemsize_of_format(const char *format)
+{
+    const char *code = format[0] == '@' ? format + 1 : format;
+    if (code[0] != '\0' && code[1] == '\0') {
+        switch (code[0]) {
+        case 'b': case 'B': case 'c': case '?': return 1;
+        case 'h': case 'H': return sizeof(short);
+        case 'i': case 'I': return sizeof(int);
+        case 'l': case 'L': return sizeof(long);
+        case 'q': case 'Q': return sizeof(long long);
+        case 'n': case 'N': return sizeof(Py_ssize_t);
+        case 'e': return 2;
+        case 'f': return sizeof(float);
+        case 'd': return sizeof(double);
+        case 'P': return sizeof(void *);
+        default: break;
+        }
+    }
+    Py_ssize_t size = PyBuffer_SizeFromFormat(format);
+    if (size < 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_Format(PyExc_ValueError, "invalid format '%.200s': %S", format,
+                     value != NULL ? value : Py_None);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return -1;
+    }
+    if (size == 0) {
+        PyErr_Format(PyExc_ValueError, "invalid format '%.200s': items of size 0", format);
+        return -1;
+    }
+    return size;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Layouts                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* The same rule as PyBuffer_IsContiguous(): empty layouts are contiguous. */
+static int
+layout_is_contiguous(int ndim, const Py_ssize_t *shape, const Py_ssize_t *strides,
+                     Py_ssize_t itemsize, char order)
+{
+    Py_ssize_t expected = itemsize;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] == 0) {
+            return 1;
+        }
+    }
+    for (int k = 0; k < ndim; k++) {
+        int i = order == 'C' ? ndim - 1 - k : k;
+        if (shape[i] > 1 && strides[i] != expected) {
+            return 0;
+        }
+        expected *= shape[i];
+    }
+    return 1;
+}
+
+static int
+layout_flags(int ndim, const Py_ssize_t *shape, const Py_ssize_t *strides, Py_ssize_t itemsize)
+{
+    int flags = 0;
+    if (layout_is_contiguous(ndim, shape, strides, itemsize, 'C')) {
+        flags |= MB_C_CONTIG;
+    }
+    if (layout_is_contiguous(ndim, shape, strides, itemsize, 'F')) {
+        flags |= MB_F_CONTIG;
+    }
+    return flags;
+}
+
+/* Allocate a Buffer with room for ndim shape and stride entries and a copy
+ * of format (none of it for a compact "B" buffer).  Every field is set;
+ * nothing is owned yet. */
+static MemBufObject *
+membuf_alloc(int compact, int ndim, const char *format)
+{
+    size_t format_size = format != NULL ? strlen(format) + 1 : 0;
+    Py_ssize_t extra = compact ? 0 : (Py_ssize_t)(2 * (size_t)ndim * sizeof(Py_ssize_t) + format_size);
+    MemBufObject *self = PyObject_GC_NewVar(MemBufObject, &MemBuf_Type, extra);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->buf = NULL;
+    self->nbytes = 0;
+    self->itemsize = 1;
+    self->exports = 0;
+    self->ndim = ndim;
+    self->flags = 0;
+    self->mem = NULL;
+    self->mem_len = 0;
+    self->release = NULL;
+    self->ctx = NULL;
+    self->owner = NULL;
+    self->weakreflist = NULL;
+    if (compact) {
+        self->shape = &self->nbytes;
+        self->strides = &self->itemsize;
+        self->format = NULL;
+    }
+    else {
+        Py_ssize_t *storage = (Py_ssize_t *)(self + 1);
+        self->shape = storage;
+        self->strides = storage + ndim;
+        if (format != NULL) {
+            self->format = (char *)(storage + 2 * ndim);
+            memcpy(self->format, format, format_size);
+        }
+        else {
+            self->format = NULL;
+        }
+    }
+    return self;
+}
+
+/* Call the release duty for memory that never became a Buffer (contract 3). */
+void
+membuf_release_unwrapped(const MemBuf_Spec *spec, int pycallback)
+{
+    if (pycallback) {
+        PyObject *callable = (PyObject *)spec->ctx;
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *res = PyObject_CallNoArgs(callable);
+        if (res == NULL) {
+            PyErr_WriteUnraisable(callable);
+        }
+        Py_XDECREF(res);
+        PyErr_Restore(type, value, tb);
+        Py_DECREF(callable);
+    }
+    else if (spec->release != NULL) {
+        spec->release((void *)spec->ptr, spec->len, spec->ctx);
+    }
+}
+
+static int
+mul_overflows(Py_ssize_t a, Py_ssize_t b, Py_ssize_t *out)
+{
+    /* a, b >= 0 */
+    if (a != 0 && b > PY_SSIZE_T_MAX / a) {
+        return 1;
+    }
+    *out = a * b;
+    return 0;
+}
+
+/* Check a spec's layout; on success fill *ndim_out, shape_out, strides_out
+ * (strides computed for C order when the spec has none), *itemsize_out and
+ * *nbytes_out.  -1 with ValueError/OverflowError set otherwise. */
+static int
+check_layout(const MemBuf_Spec *spec, const char *format, int *ndim_out, Py_ssize_t *shape_out,
+             Py_ssize_t *strides_out, Py_ssize_t *itemsize_out, Py_ssize_t *nbytes_out)
+{
+    Py_ssize_t len = (Py_ssize_t)spec->len;
+    Py_ssize_t itemsize = format != NULL ? itemsize_of_format(format) : 1;
+    if (itemsize < 0) {
+        return -1;
+    }
+    *itemsize_out = itemsize;
+    if (spec->shape == NULL) {
+        if (spec->ndim != 0 && spec->ndim != 1) {
+            PyErr_Format(PyExc_ValueError,
+                         "ndim is %d but shape is NULL (NULL shape means one dimension)",
+                         spec->ndim);
+            return -1;
+        }
+        if (spec->strides != NULL) {
+            PyErr_SetString(PyExc_ValueError, "strides given without a shape");
+            return -1;
+        }
+        if (len % itemsize != 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "len %zd is not a multiple of the item size %zd of format '%.200s'",
+                         len, itemsize, format != NULL ? format : "B");
+            return -1;
+        }
+        *ndim_out = 1;
+        shape_out[0] = len / itemsize;
+        strides_out[0] = itemsize;
+        *nbytes_out = len;
+        return 0;
+    }
+    int ndim = spec->ndim;
+    if (ndim < 0 || ndim > MEMBUF_MAX_NDIM) {
+        PyErr_Format(PyExc_ValueError, "ndim %d is outside 0..%d", ndim, MEMBUF_MAX_NDIM);
+        return -1;
+    }
+    *ndim_out = ndim;
+    Py_ssize_t nitems = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (spec->shape[i] < 0) {
+            PyErr_Format(PyExc_ValueError, "shape[%d] is negative (%zd)", i, spec->shape[i]);
+            return -1;
+        }
+        shape_out[i] = spec->shape[i];
+    }
+    for (int i = 0; i < ndim; i++) {
+        if (mul_overflows(nitems, shape_out[i], &nitems)) {
+            /* product(shape) may still be 0 because of a later dimension */
+            int empty = 0;
+            for (int j = i; j < ndim; j++) {
+                empty |= shape_out[j] == 0;
+            }
+            if (!empty) {
+                PyErr_SetString(PyExc_OverflowError, "the product of the shape overflows");
+                return -1;
+            }
+            nitems = 0;
+            break;
+        }
+    }
+    Py_ssize_t nbytes;
+    if (mul_overflows(nitems, itemsize, &nbytes)) {
+        PyErr_SetString(PyExc_OverflowError, "the size of the layout overflows");
+        return -1;
+    }
+    *nbytes_out = nbytes;
+    if (spec->strides == NULL) {
+        if (nbytes != len) {
+            PyErr_Format(PyExc_ValueError,
+                         "a C-contiguous layout of shape and format '%.200s' covers %zd bytes, "
+                         "but len is %zd",
+                         format != NULL ? format : "B", nbytes, len);
+            return -1;
+        }
+        Py_ssize_t stride = itemsize;
+        for (int i = ndim - 1; i >= 0; i--) {
+            strides_out[i] = stride;
+            stride *= shape_out[i] > 0 ? shape_out[i] : 1; /* cannot overflow: <= nbytes */
+        }
+        return 0;
+    }
+    /* Explicit strides: every element must lie inside [ptr, ptr + len).
+     * Element [0, ..., 0] is at ptr, so a negative stride along a dimension
+     * of more than one item always reaches below ptr. */
+    for (int i = 0; i < ndim; i++) {
+        strides_out[i] = spec->strides[i];
+    }
+    if (nitems == 0) {
+        return 0; /* no element is ever addressed */
+    }
+    Py_ssize_t last = 0; /* offset of the last byte's item, kept <= len - itemsize */
+    if (len < itemsize) {
+        goto outside;
+    }
+    for (int i = 0; i < ndim; i++) {
+        Py_ssize_t span;
+        if (shape_out[i] == 1) {
+            continue;
+        }
+        if (strides_out[i] < 0 ||
+            mul_overflows(shape_out[i] - 1, strides_out[i], &span) ||
+            span > len - itemsize - last) {
+            goto outside;
+        }
+        last += span;
+    }
+    return 0;
+outside:
+    PyErr_Format(PyExc_ValueError,
+                 "the layout (shape, strides, format '%.200s') reaches outside the %zd bytes "
+                 "at ptr",
+                 format != NULL ? format : "B", len);
+    return -1;
+}
+
+PyObject *
+membuf_from_spec(const MemBuf_Spec *spec, int pycallback)
+{
+    Py_ssize_t shape[MEMBUF_MAX_NDIM], strides[MEMBUF_MAX_NDIM];
+    Py_ssize_t itemsize, nbytes;
+    int ndim;
+    const char *format;
+    MemBufObject *self;
+
+    if (spec->flags & ~MB_PUBLIC_CREATION_FLAGS) {
+        PyErr_Format(PyExc_ValueError, "unknown creation flags 0x%x (known: MEMBUF_WRITABLE)",
+                     (unsigned int)(spec->flags & ~MB_PUBLIC_CREATION_FLAGS));
+        goto fail;
+    }
+    if (spec->len > (size_t)PY_SSIZE_T_MAX) {
+        PyErr_Format(PyExc_OverflowError, "len %zu is larger than PY_SSIZE_T_MAX", spec->len);
+        goto fail;
+    }
+    if (spec->ptr == NULL && spec->len > 0) {
+        PyErr_Format(PyExc_ValueError, "ptr is NULL but len is %zu", spec->len);
+        goto fail;
+    }
+    format = spec->format;
+    if (format != NULL && strcmp(format, "B") == 0) {
+        format = NULL;
+    }
+
+    if (format == NULL && spec->shape == NULL && spec->strides == NULL &&
+        (spec->ndim == 0 || spec->ndim == 1)) {
+        /* The common case: plain bytes. */
+        self = membuf_alloc(1, 1, NULL);
+        if (self == NULL) {
+            goto fail;
+        }
+        self->nbytes = (Py_ssize_t)spec->len;
+        self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
+    }
+    else {
+        if (check_layout(spec, format, &ndim, shape, strides, &itemsize, &nbytes) < 0) {
+            goto fail;
+        }
+        int compact = format == NULL && ndim == 1 && (strides[0] == 1 || shape[0] <= 1);
+        self = membuf_alloc(compact, ndim, format);
+        if (self == NULL) {
+            goto fail;
+        }
+        self->itemsize = itemsize;
+        self->nbytes = nbytes;
+        if (compact) {
+            self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
+        }
+        else {
+            memcpy(self->shape, shape, (size_t)ndim * sizeof(Py_ssize_t));
+            memcpy(self->strides, strides, (size_t)ndim * sizeof(Py_ssize_t));
+            self->flags = layout_flags(ndim, shape, strides, itemsize);
+        }
+    }
+    self->flags |= spec->flags;
+    self->mem = (void *)spec->ptr;
+    self->mem_len = spec->len;
+    self->buf = spec->ptr != NULL ? (char *)spec->ptr : membuf_empty;
+    self->release = spec->release;
+    self->ctx = spec->ctx;
+    if (pycallback) {
+        self->flags |= MB_PYCALLBACK;
+    }
+    self->owner = Py_XNewRef(spec->owner);
+    if (self->owner != NULL || pycallback) {
+        PyObject_GC_Track(self);
+    }
+    return (PyObject *)self;
+
+fail:
+    membuf_release_unwrapped(spec, pycallback);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Slices                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Release callback of a slice: end the export it holds on its parent (the
+ * parent reference itself is the slice's owner, dropped right after). */
+static void
+end_parent_export(void *ptr, size_t len, void *ctx)
+{
+    (void)ptr;
+    (void)len;
+    membuf_end_export((MemBufObject *)ctx);
+}
+
+PyObject *
+membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *shape,
+                const Py_ssize_t *strides)
+{
+    int compact = parent->format == NULL && ndim == 1 && (strides[0] == 1 || shape[0] <= 1);
+    MemBufObject *self = membuf_alloc(compact, ndim, parent->format);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_ssize_t nitems = 1;
+    for (int i = 0; i < ndim; i++) {
+        nitems *= shape[i]; /* a sub-layout of a valid layout: cannot overflow */
+    }
+    self->buf = buf;
+    self->itemsize = parent->itemsize;
+    self->nbytes = nitems * parent->itemsize;
+    if (compact) {
+        self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
+    }
+    else {
+        memcpy(self->shape, shape, (size_t)ndim * sizeof(Py_ssize_t));
+        memcpy(self->strides, strides, (size_t)ndim * sizeof(Py_ssize_t));
+        self->flags = layout_flags(ndim, shape, strides, parent->itemsize);
+    }
+    self->flags |= parent->flags & MEMBUF_WRITABLE;
+    self->mem = buf;
+    self->mem_len = (size_t)self->nbytes;
+    self->release = end_parent_export;
+    self->ctx = parent;
+    parent->exports++;
+    self->owner = Py_NewRef(parent);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Release                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static int
+release_now(MemBufObject *self, int unraisable)
+{
+    MemBuf_ReleaseFunc release = self->release;
+    void *ctx = self->ctx;
+    PyObject *owner = self->owner;
+    int rc = 0;
+
+    /* Mark first: whatever the callback does, it sees a released Buffer. */
+    self->flags = (self->flags | MB_RELEASED) & ~MB_PENDING;
+    self->release = NULL;
+    self->ctx = NULL;
+    self->owner = NULL;
+
+    if (self->flags & MB_PYCALLBACK) {
+        PyObject *callable = (PyObject *)ctx;
+        PyObject *type = NULL, *value = NULL, *tb = NULL;
+        if (unraisable) {
+            PyErr_Fetch(&type, &value, &tb);
+        }
+        PyObject *res = PyObject_CallNoArgs(callable);
+        if (res == NULL) {
+            if (unraisable) {
+                PyErr_WriteUnraisable(callable);
+            }
+            else {
+                rc = -1;
+            }
+        }
+        Py_XDECREF(res);
+        if (unraisable) {
+            PyErr_Restore(type, value, tb);
+        }
+        Py_DECREF(callable);
+    }
+    else if (release != NULL) {
+        release(self->mem, self->mem_len, ctx);
+    }
+    Py_XDECREF(owner);
+    return rc;
+}
+
+int
+membuf_release_now(MemBufObject *self)
+{
+    return release_now(self, 0);
+}
+
+int
+membuf_release(MemBufObject *self, int defer)
+{
+    if (MB_IS_RELEASED(self)) {
+        return 0;
+    }
+    if (self->exports > 0) {
+        if (defer) {
+            self->flags |= MB_PENDING;
+            return 0;
+        }
+        PyErr_Format(PyExc_BufferError,
+                     "membuf.Buffer has %zd exported buffer%s; release %s first, "
+                     "or call release(defer=True)",
+                     self->exports, self->exports == 1 ? "" : "s",
+                     self->exports == 1 ? "it" : "them");
+        return -1;
+    }
+    return release_now(self, 0);
+}
+
+void
+membuf_end_export(MemBufObject *self)
+{
+    self->exports--;
+    if (self->exports == 0 && (self->flags & MB_PENDING) && !MB_IS_RELEASED(self)) {
+        release_now(self, 1);
+    }
+}
+
+int
+membuf_refuse(MemBufObject *self)
+{
+    if (MB_IS_RELEASED(self)) {
+        PyErr_SetString(PyExc_ValueError, "operation forbidden on released membuf.Buffer object");
+    }
+    else {
+        PyErr_SetString(PyExc_ValueError,
+                        "operation forbidden on membuf.Buffer object with a pending release "
+                        "(release(defer=True) was called)");
+    }
+    return -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Type slots: lifetime and GC                                              */
+/* ------------------------------------------------------------------------ */
+
+static void
+membuf_dealloc(MemBufObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Py_TRASHCAN_BEGIN(self, membuf_dealloc)
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    /* exports == 0 here: every export holds a reference to us. */
+    if (!MB_IS_RELEASED(self)) {
+        release_now(self, 1);
+    }
+    PyObject_GC_Del(self);
+    Py_TRASHCAN_END
+}
+
+static int
+membuf_traverse(MemBufObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->owner);
+    if (self->flags & MB_PYCALLBACK) {
+        Py_VISIT((PyObject *)self->ctx);
+    }
+    return 0;
+}
+
+/* Cyclic garbage: the GC finalizes every object of the cycle before it
+ * clears any, so the callback runs while everything it may use is intact.
+ * With exports alive (their holders are garbage too), release is deferred to
+ * the moment the GC clears them. */
+static void
+membuf_finalize(MemBufObject *self)
+{
+    if (MB_IS_RELEASED(self)) {
+        return;
+    }
+    if (self->exports == 0) {
+        release_now(self, 1);
+    }
+    else {
+        self->flags |= MB_PENDING;
+    }
+}
+
+/* References are dropped only by release (owner must outlive the memory);
+ * finalize has released or deferred already.  Nothing else to break. */
+static int
+membuf_clear(MemBufObject *self)
+{
+    if (!MB_IS_RELEASED(self) && self->exports == 0) {
+        release_now(self, 1);
+    }
+    return 0;
+}
+
+static PyObject *
+membuf_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    (void)type;
+    (void)args;
+    (void)kwargs;
+    PyErr_SetString(PyExc_TypeError,
+                    "cannot create 'membuf.Buffer' instances directly; use "
+                    "membuf.from_address() from Python, or MemBuf_FromMemory() / "
+                    "MemBuf_FromSpec() from C");
+    return NULL;
+}
+
+PyTypeObject MemBuf_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "membuf.Buffer",
+    .tp_basicsize = sizeof(MemBufObject),
+    .tp_itemsize = 1,
+    .tp_dealloc = (destructor)membuf_dealloc,
+    .tp_repr = (reprfunc)membuf_repr,
+    .tp_as_sequence = &membuf_as_sequence,
+    .tp_as_mapping = &membuf_as_mapping,
+    .tp_hash = PyObject_HashNotImplemented,
+    .tp_as_buffer = &membuf_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = membuf_type_doc,
+    .tp_traverse = (traverseproc)membuf_traverse,
+    .tp_clear = (inquiry)membuf_clear,
+    .tp_richcompare = membuf_richcompare,
+    .tp_weaklistoffset = offsetof(MemBufObject, weakreflist),
+    .tp_methods = membuf_methods,
+    .tp_getset = membuf_getset,
+    .tp_new = membuf_new,
+    .tp_finalize = (destructor)membuf_finalize,
+};

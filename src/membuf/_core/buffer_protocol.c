@@ -1,0 +1,93 @@
+/* bf_getbuffer / bf_releasebuffer: the PEP 3118 face of a Buffer.
+ *
+ * Every export points at self->buf (zero-copy), holds a reference to self
+ * (view->obj, dropped by PyBuffer_Release after our releasebuffer) and one
+ * count in self->exports.  Requests are answered as CPython answers them:
+ * plain byte Buffers like bytes (PyBuffer_FillInfo), typed or strided ones
+ * like memoryview (Objects/memoryobject.c, memory_getbuf), including the
+ * BufferError wording.  Exports never allocate.
+ */
+#include "core.h"
+
+#define REQ_C_CONTIGUOUS(flags) (((flags) & PyBUF_C_CONTIGUOUS) == PyBUF_C_CONTIGUOUS)
+#define REQ_F_CONTIGUOUS(flags) (((flags) & PyBUF_F_CONTIGUOUS) == PyBUF_F_CONTIGUOUS)
+#define REQ_ANY_CONTIGUOUS(flags) (((flags) & PyBUF_ANY_CONTIGUOUS) == PyBUF_ANY_CONTIGUOUS)
+#define REQ_STRIDES(flags) (((flags) & PyBUF_STRIDES) == PyBUF_STRIDES)
+#define REQ_SHAPE(flags) (((flags) & PyBUF_ND) == PyBUF_ND)
+#define REQ_WRITABLE(flags) ((flags) & PyBUF_WRITABLE)
+#define REQ_FORMAT(flags) ((flags) & PyBUF_FORMAT)
+
+static int
+membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
+{
+    if (MB_REFUSES_WORK(self)) {
+        view->obj = NULL;
+        return membuf_refuse(self);
+    }
+    if (REQ_WRITABLE(flags) && !(self->flags & MEMBUF_WRITABLE)) {
+        view->obj = NULL;
+        PyErr_SetString(PyExc_BufferError, "membuf.Buffer: underlying memory is read-only");
+        return -1;
+    }
+    view->buf = self->buf;
+    view->len = self->nbytes;
+    view->readonly = !(self->flags & MEMBUF_WRITABLE);
+    view->itemsize = self->itemsize;
+    view->ndim = self->ndim;
+    view->shape = self->shape;
+    view->strides = self->strides;
+    view->suboffsets = NULL;
+    view->internal = NULL;
+    view->format = REQ_FORMAT(flags) ? (char *)membuf_format(self) : NULL;
+
+    if (!(self->flags & MB_COMPACT)) {
+        const char *contig_error = NULL;
+        if (REQ_C_CONTIGUOUS(flags) && !(self->flags & MB_C_CONTIG)) {
+            contig_error = "membuf.Buffer: underlying buffer is not C-contiguous";
+        }
+        else if (REQ_F_CONTIGUOUS(flags) && !(self->flags & MB_F_CONTIG)) {
+            contig_error = "membuf.Buffer: underlying buffer is not Fortran contiguous";
+        }
+        else if (REQ_ANY_CONTIGUOUS(flags) && !(self->flags & (MB_C_CONTIG | MB_F_CONTIG))) {
+            contig_error = "membuf.Buffer: underlying buffer is not contiguous";
+        }
+        else if (!REQ_STRIDES(flags) && !(self->flags & MB_C_CONTIG)) {
+            contig_error = "membuf.Buffer: underlying buffer is not C-contiguous";
+        }
+        else if (!REQ_SHAPE(flags) && view->format != NULL && self->format != NULL) {
+            /* Without a shape the consumer sees unsigned bytes; a format other
+             * than "B" cannot describe that (memoryview refuses the same). */
+            contig_error = "membuf.Buffer: cannot cast to unsigned bytes if the format flag "
+                           "is present";
+        }
+        if (contig_error != NULL) {
+            view->obj = NULL;
+            PyErr_SetString(PyExc_BufferError, contig_error);
+            return -1;
+        }
+    }
+    if (!REQ_STRIDES(flags)) {
+        view->strides = NULL;
+    }
+    if (!REQ_SHAPE(flags)) {
+        /* PyBUF_SIMPLE / PyBUF_WRITABLE: C-contiguous bytes from here on. */
+        view->ndim = 1;
+        view->shape = NULL;
+    }
+    /* suboffsets stay NULL: that meets PyBUF_INDIRECT and every other request. */
+    self->exports++;
+    view->obj = Py_NewRef((PyObject *)self);
+    return 0;
+}
+
+static void
+membuf_releasebuffer(MemBufObject *self, Py_buffer *view)
+{
+    (void)view;
+    membuf_end_export(self);
+}
+
+PyBufferProcs membuf_as_buffer = {
+    .bf_getbuffer = (getbufferproc)membuf_getbuffer,
+    .bf_releasebuffer = (releasebufferproc)membuf_releasebuffer,
+};

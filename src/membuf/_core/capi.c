@@ -1,0 +1,58 @@
+/* The C API table handed to other extensions through the capsule
+ * MEMBUF_CAPSULE_NAME.  It is static and append-only: consumers cache the
+ * pointer for the life of the process (see membuf.h, "VERSIONS"). */
+#include "core.h"
+
+static PyObject *
+capi_from_memory(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc release, void *ctx)
+{
+    MemBuf_Spec spec = {0};
+    spec.ptr = ptr;
+    spec.len = len;
+    spec.flags = flags;
+    spec.release = release;
+    spec.ctx = ctx;
+    return membuf_from_spec(&spec, 0);
+}
+
+static PyObject *
+capi_from_spec(const MemBuf_Spec *spec)
+{
+    if (spec == NULL) {
+        PyErr_SetString(PyExc_ValueError, "MemBuf_FromSpec: spec is NULL");
+        return NULL;
+    }
+    return membuf_from_spec(spec, 0);
+}
+
+static int
+capi_release(PyObject *obj, int flags)
+{
+    if (obj == NULL || !MemBuf_CheckExact(obj)) {
+        PyErr_Format(PyExc_TypeError, "MemBuf_Release: expected a membuf.Buffer, not %.200s",
+                     obj != NULL ? Py_TYPE(obj)->tp_name : "NULL");
+        return -1;
+    }
+    if (flags & ~MEMBUF_DEFER) {
+        PyErr_Format(PyExc_ValueError, "MemBuf_Release: unknown flags 0x%x (known: MEMBUF_DEFER)",
+                     (unsigned int)(flags & ~MEMBUF_DEFER));
+        return -1;
+    }
+    return membuf_release((MemBufObject *)obj, (flags & MEMBUF_DEFER) != 0);
+}
+
+static int
+capi_check(PyObject *obj)
+{
+    return obj != NULL && MemBuf_CheckExact(obj);
+}
+
+const MemBuf_CAPI membuf_capi = {
+    .abi_version = MEMBUF_ABI_VERSION,
+    .api_version = MEMBUF_API_VERSION,
+    .Buffer_Type = &MemBuf_Type,
+    .FromMemory = capi_from_memory,
+    .FromSpec = capi_from_spec,
+    .Release = capi_release,
+    .Check = capi_check,
+};

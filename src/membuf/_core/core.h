@@ -1,0 +1,124 @@
+/* Internal declarations shared by the C sources of membuf._membuf.
+ *
+ * One concern a file:
+ *   buffer_object.c    creation, layout validation, release, dealloc, GC
+ *   buffer_protocol.c  bf_getbuffer / bf_releasebuffer (export counting)
+ *   buffer_methods.c   what Python sees: attributes, len/index/slice, ==,
+ *                      repr, tobytes, hex, release(), context manager
+ *   capi.c             the versioned C API table behind the capsule
+ *   module.c           module init (multi-phase) and from_address()
+ */
+#ifndef MEMBUF_CORE_H
+#define MEMBUF_CORE_H
+
+#define PY_SSIZE_T_CLEAN
+#define MEMBUF_BUILDING_CORE
+#include <Python.h>
+#include "membuf.h"
+
+/* Internal state bits live in MemBufObject.flags above the public ones. */
+#define MB_PUBLIC_CREATION_FLAGS MEMBUF_WRITABLE
+#define MB_RELEASED 0x100    /* memory given back; owner dropped */
+#define MB_PENDING 0x200     /* release(defer=True) seen; waits for exports == 0 */
+#define MB_PYCALLBACK 0x400  /* ctx is a strong reference to a Python callable */
+#define MB_C_CONTIG 0x800    /* layout is C-contiguous */
+#define MB_F_CONTIG 0x1000   /* layout is Fortran-contiguous */
+#define MB_COMPACT 0x2000    /* 1-D contiguous "B": shape -> &nbytes, strides -> &itemsize */
+
+/*
+ * A Buffer.  Invariants:
+ *   - buf is element [0, ..., 0]; the layout (ndim, shape, strides, itemsize)
+ *     only reaches [mem, mem + mem_len) of the memory the creator passed.
+ *   - nbytes == product(shape) * itemsize.
+ *   - MB_COMPACT: format NULL ("B"), ndim 1, shape == &nbytes,
+ *     strides == &itemsize, itemsize == 1.  Otherwise shape and strides point
+ *     into the object's own trailing storage (ob_size bytes after the struct),
+ *     followed by a NUL-terminated copy of format (NULL means "B").
+ *   - exports counts live Py_buffer exports (each holds a reference to us,
+ *     so dealloc never sees exports > 0).
+ *   - Ownership: until MB_RELEASED, we own `owner` (strong ref, may be NULL)
+ *     and the duty to call release(mem, mem_len, ctx) once; with
+ *     MB_PYCALLBACK, ctx is a strong ref to a Python callable instead.
+ *     Release clears all four fields *before* the callback runs.
+ *   - GC: tracked only while owner or a Python callable could form a cycle.
+ *
+ * Free-threading plan: every field is read and written with the GIL held.
+ * A free-threaded build would need `exports` and the state bits in `flags`
+ * to change together; the plan is a per-object critical section
+ * (Py_BEGIN_CRITICAL_SECTION) around getbuffer, releasebuffer and
+ * membuf_release, which is where every state change happens.  Not done
+ * here: no free-threaded CPython is available to test it.
+ */
+typedef struct {
+    PyObject_VAR_HEAD
+    char *buf;
+    Py_ssize_t nbytes;
+    Py_ssize_t itemsize;
+    Py_ssize_t exports;
+    Py_ssize_t *shape;
+    Py_ssize_t *strides;
+    char *format;
+    int ndim;
+    int flags;
+    void *mem;
+    size_t mem_len;
+    MemBuf_ReleaseFunc release;
+    void *ctx;
+    PyObject *owner;
+    PyObject *weakreflist;
+} MemBufObject;
+
+extern PyTypeObject MemBuf_Type;
+extern PyBufferProcs membuf_as_buffer;
+extern PySequenceMethods membuf_as_sequence;
+extern PyMappingMethods membuf_as_mapping;
+extern PyMethodDef membuf_methods[];
+extern PyGetSetDef membuf_getset[];
+extern const char membuf_type_doc[];
+extern const MemBuf_CAPI membuf_capi;
+PyObject *membuf_repr(MemBufObject *self);
+PyObject *membuf_richcompare(PyObject *self, PyObject *other, int op);
+
+#define MemBuf_CheckExact(op) Py_IS_TYPE((op), &MemBuf_Type)
+#define MB_IS_RELEASED(self) (((self)->flags & MB_RELEASED) != 0)
+#define MB_REFUSES_WORK(self) (((self)->flags & (MB_RELEASED | MB_PENDING)) != 0)
+
+/* buffer_object.c */
+
+/* The one constructor.  Steals the duty to release (contract 3): on failure
+ * the release callback (or the Python callable, for MB_PYCALLBACK) has been
+ * called and `owner` is untouched (borrowed).  Takes a new ref to owner. */
+PyObject *membuf_from_spec(const MemBuf_Spec *spec, int pycallback);
+
+/* The release duty for memory that never became a Buffer: calls
+ * spec->release (or the Python callable in spec->ctx, reporting its error as
+ * unraisable and dropping the reference).  Keeps any exception set. */
+void membuf_release_unwrapped(const MemBuf_Spec *spec, int pycallback);
+
+/* A Buffer over elements of `parent` (a slice): holds an export of parent
+ * and a reference to it, given back when the slice is released. */
+PyObject *membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *shape,
+                          const Py_ssize_t *strides);
+
+/* Give the memory back now.  Precondition: not released, exports == 0.
+ * Marks released first, then calls the callback, then drops owner.
+ * Returns -1 only when a Python on_release raised; the exception is set. */
+int membuf_release_now(MemBufObject *self);
+
+/* release() semantics shared by Python and C: strict or deferred. */
+int membuf_release(MemBufObject *self, int defer);
+
+/* One export ended: count it, and finish a deferred release at zero. */
+void membuf_end_export(MemBufObject *self);
+
+/* Raise ValueError for a released / release-pending Buffer. */
+int membuf_refuse(MemBufObject *self);
+
+/* Format string for exports and attributes. */
+static inline const char *
+membuf_format(const MemBufObject *self)
+{
+    return self->format != NULL ? self->format : "B";
+}
+
+#endif /* MEMBUF_CORE_H */
