@@ -1,0 +1,44 @@
+"""Shared fixtures: the downstream C extension `fakelib`, built the way a third
+party would build it (against the *installed* membuf.get_include(), with
+-Wall -Wextra -Werror and asserts on), once per test session."""
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+import membuf
+
+CAPI_DIR = pathlib.Path(__file__).parent / "capi"
+FAKELIB_SOURCES = ["fakelib_module.c", "fakelib.c", "fakelib_import.c"]
+STRICT_FLAGS = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-UNDEBUG", "-O1"]
+
+
+def build_extension(name, sources, build_dir):
+    """Compile a C extension with setuptools and import it from build_dir."""
+    from setuptools import Distribution, Extension
+
+    ext = Extension(
+        name,
+        sources=[str(CAPI_DIR / s) for s in sources],
+        include_dirs=[membuf.get_include(), str(CAPI_DIR)],
+        extra_compile_args=STRICT_FLAGS,
+    )
+    dist = Distribution({"name": name, "ext_modules": [ext]})
+    cmd = dist.get_command_obj("build_ext")
+    cmd.build_lib = str(build_dir)
+    cmd.build_temp = str(build_dir / "tmp")
+    cmd.ensure_finalized()
+    cmd.run()
+    (path,) = build_dir.glob(f"{name}*.so")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+@pytest.fixture(scope="session")
+def fakelib(tmp_path_factory):
+    return build_extension("fakelib", FAKELIB_SOURCES, tmp_path_factory.mktemp("capi"))
