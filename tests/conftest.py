@@ -15,14 +15,14 @@ FAKELIB_SOURCES = ["fakelib_module.c", "fakelib.c", "fakelib_import.c"]
 STRICT_FLAGS = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-UNDEBUG", "-O1"]
 
 
-def build_extension(name, sources, build_dir):
+def build_extension(name, sources, build_dir, source_dir=CAPI_DIR):
     """Compile a C extension with setuptools and import it from build_dir."""
     from setuptools import Distribution, Extension
 
     ext = Extension(
         name,
-        sources=[str(CAPI_DIR / s) for s in sources],
-        include_dirs=[membuf.get_include(), str(CAPI_DIR)],
+        sources=[str(source_dir / s) for s in sources],
+        include_dirs=[membuf.get_include(), str(source_dir)],
         extra_compile_args=STRICT_FLAGS,
     )
     dist = Distribution({"name": name, "ext_modules": [ext]})
