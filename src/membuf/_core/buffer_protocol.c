@@ -41,33 +41,37 @@ membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
     view->format = REQ_FORMAT(flags) ? (char *)membuf_format(self) : NULL;
 
     if (!(self->flags & MB_COMPACT)) {
-        const char *contig_error = NULL;
+        const char *refusal = NULL;
         if (REQ_C_CONTIGUOUS(flags) && !(self->flags & MB_C_CONTIG)) {
-            contig_error = "membuf.Buffer: underlying buffer is not C-contiguous";
+            refusal = "membuf.Buffer: underlying buffer is not C-contiguous";
         }
         else if (REQ_F_CONTIGUOUS(flags) && !(self->flags & MB_F_CONTIG)) {
-            contig_error = "membuf.Buffer: underlying buffer is not Fortran contiguous";
+            refusal = "membuf.Buffer: underlying buffer is not Fortran contiguous";
         }
         else if (REQ_ANY_CONTIGUOUS(flags) && !(self->flags & (MB_C_CONTIG | MB_F_CONTIG))) {
-            contig_error = "membuf.Buffer: underlying buffer is not contiguous";
+            refusal = "membuf.Buffer: underlying buffer is not contiguous";
         }
         else if (!REQ_STRIDES(flags) && !(self->flags & MB_C_CONTIG)) {
-            contig_error = "membuf.Buffer: underlying buffer is not C-contiguous";
+            refusal = "membuf.Buffer: underlying buffer is not C-contiguous";
         }
-        else if (!REQ_SHAPE(flags) && view->format != NULL && self->format != NULL) {
-            /* Without a shape the consumer sees unsigned bytes; a format other
-             * than "B" cannot describe that (memoryview refuses the same). */
-            contig_error = "membuf.Buffer: cannot cast to unsigned bytes if the format flag "
+        else if (!REQ_SHAPE(flags) && view->format != NULL) {
+            /* Without a shape the consumer sees the layout as unsigned bytes,
+             * which a format cannot describe; memoryview refuses the same
+             * (plain 1-D "B" Buffers never get here: they answer like bytes). */
+            refusal = "membuf.Buffer: cannot cast to unsigned bytes if the format flag "
                            "is present";
         }
-        if (contig_error != NULL) {
+        if (refusal != NULL) {
             view->obj = NULL;
-            PyErr_SetString(PyExc_BufferError, contig_error);
+            PyErr_SetString(PyExc_BufferError, refusal);
             return -1;
         }
     }
-    if (!REQ_STRIDES(flags)) {
-        view->strides = NULL;
+    if (!REQ_STRIDES(flags) || self->ndim == 0) {
+        view->strides = NULL; /* ndim 0: shape and strides MUST be NULL */
+    }
+    if (self->ndim == 0) {
+        view->shape = NULL;
     }
     if (!REQ_SHAPE(flags)) {
         /* PyBUF_SIMPLE / PyBUF_WRITABLE: C-contiguous bytes from here on. */
