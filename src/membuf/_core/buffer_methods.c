@@ -41,11 +41,7 @@ membuf_length(MemBufObject *self)
     if (MB_REFUSES_WORK(self)) {
         return membuf_refuse(self);
     }
-    if (self->ndim == 0) {
-        PyErr_SetString(PyExc_TypeError, "0-dim memory has no length");
-        return -1;
-    }
-    return self->shape[0];
+    return self->ndim == 0 ? 1 : self->shape[0]; /* memoryview's rule */
 }
 
 /* Item i (already made non-negative by the caller where it could be). */

@@ -40,8 +40,12 @@ itemsize_of_format(const char *format)
     }
     Py_ssize_t size = PyBuffer_SizeFromFormat(format);
     if (size < 0) {
+        if (PyErr_ExceptionMatches(PyExc_MemoryError)) {
+            return -1; /* out of memory is not a bad format */
+        }
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
         PyErr_Format(PyExc_ValueError, "invalid format '%.200s': %S", format,
                      value != NULL ? value : Py_None);
         Py_XDECREF(type);
@@ -249,10 +253,15 @@ check_layout(const MemBuf_Spec *spec, const char *format, int *ndim_out, Py_ssiz
                          format != NULL ? format : "B", nbytes, len);
             return -1;
         }
+        /* Each stride is <= nbytes unless a dimension is 0; then no element
+         * is ever addressed, and a stride that would overflow stays as is. */
         Py_ssize_t stride = itemsize;
         for (int i = ndim - 1; i >= 0; i--) {
             strides_out[i] = stride;
-            stride *= shape_out[i] > 0 ? shape_out[i] : 1; /* cannot overflow: <= nbytes */
+            Py_ssize_t grown;
+            if (!mul_overflows(stride, shape_out[i] > 0 ? shape_out[i] : 1, &grown)) {
+                stride = grown;
+            }
         }
         return 0;
     }
@@ -371,16 +380,6 @@ fail:
 /* Slices                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* Release callback of a slice: end the export it holds on its parent (the
- * parent reference itself is the slice's owner, dropped right after). */
-static void
-end_parent_export(void *ptr, size_t len, void *ctx)
-{
-    (void)ptr;
-    (void)len;
-    membuf_end_export((MemBufObject *)ctx);
-}
-
 PyObject *
 membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *shape,
                 const Py_ssize_t *strides)
@@ -406,10 +405,9 @@ membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *sha
         self->flags = layout_flags(ndim, shape, strides, parent->itemsize);
     }
     self->flags |= parent->flags & MEMBUF_WRITABLE;
+    self->flags |= MB_SLICE;
     self->mem = buf;
     self->mem_len = (size_t)self->nbytes;
-    self->release = end_parent_export;
-    self->ctx = parent;
     parent->exports++;
     self->owner = Py_NewRef(parent);
     PyObject_GC_Track(self);
@@ -420,46 +418,82 @@ membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *sha
 /* Release                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* Call a Python on_release; -1 with its exception set (raise mode), or its
+ * exception reported as unraisable (unraisable mode, which also keeps any
+ * exception already set).  Consumes the reference to callable; re-tracks it
+ * first if finalize untracked it (see membuf_finalize). */
+static int
+call_python_release(PyObject *callable, int unraisable, int retrack)
+{
+    int rc = 0;
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    if (unraisable) {
+        PyErr_Fetch(&type, &value, &tb);
+    }
+    PyObject *res = PyObject_CallNoArgs(callable);
+    if (res == NULL) {
+        if (unraisable) {
+            PyErr_WriteUnraisable(callable);
+        }
+        else {
+            rc = -1;
+        }
+    }
+    Py_XDECREF(res);
+    if (unraisable) {
+        PyErr_Restore(type, value, tb);
+    }
+    if (retrack && !PyObject_GC_IsTracked(callable)) {
+        PyObject_GC_Track(callable); /* its dealloc expects a tracked object */
+    }
+    Py_DECREF(callable);
+    return rc;
+}
+
 static int
 release_now(MemBufObject *self, int unraisable)
 {
-    MemBuf_ReleaseFunc release = self->release;
-    void *ctx = self->ctx;
-    PyObject *owner = self->owner;
     int rc = 0;
+    PyObject *held = NULL; /* the reference to self of the slice released before it */
+    for (;;) {
+        MemBuf_ReleaseFunc release = self->release;
+        void *ctx = self->ctx;
+        PyObject *owner = self->owner;
+        int flags = self->flags;
+        MemBufObject *next = NULL;
 
-    /* Mark first: whatever the callback does, it sees a released Buffer. */
-    self->flags = (self->flags | MB_RELEASED) & ~MB_PENDING;
-    self->release = NULL;
-    self->ctx = NULL;
-    self->owner = NULL;
+        /* Mark first: whatever the callback does, it sees a released Buffer. */
+        self->flags = (flags | MB_RELEASED) & ~(MB_PENDING | MB_UNTRACKED_CALLABLE);
+        self->release = NULL;
+        self->ctx = NULL;
+        self->owner = NULL;
 
-    if (self->flags & MB_PYCALLBACK) {
-        PyObject *callable = (PyObject *)ctx;
-        PyObject *type = NULL, *value = NULL, *tb = NULL;
-        if (unraisable) {
-            PyErr_Fetch(&type, &value, &tb);
-        }
-        PyObject *res = PyObject_CallNoArgs(callable);
-        if (res == NULL) {
-            if (unraisable) {
-                PyErr_WriteUnraisable(callable);
-            }
-            else {
-                rc = -1;
+        if (flags & MB_SLICE) {
+            /* End the export this slice holds on its parent (its owner).  A
+             * parent whose deferred release waited for it is released next,
+             * by this loop: chains of slices may be arbitrarily long. */
+            MemBufObject *parent = (MemBufObject *)owner;
+            parent->exports--;
+            if (parent->exports == 0 && (parent->flags & MB_PENDING) && !MB_IS_RELEASED(parent)) {
+                next = parent;
             }
         }
-        Py_XDECREF(res);
-        if (unraisable) {
-            PyErr_Restore(type, value, tb);
+        else if (flags & MB_PYCALLBACK) {
+            rc = call_python_release((PyObject *)ctx, unraisable,
+                                     (flags & MB_UNTRACKED_CALLABLE) != 0);
         }
-        Py_DECREF(callable);
+        else if (release != NULL) {
+            release(self->mem, self->mem_len, ctx);
+        }
+        Py_XDECREF(held); /* may free self; nothing of it is used below */
+        if (next == NULL) {
+            Py_XDECREF(owner);
+            return rc;
+        }
+        held = owner; /* == next: kept alive through its own release */
+        self = next;
+        unraisable = 1; /* a deferred release has nobody to raise to */
     }
-    else if (release != NULL) {
-        release(self->mem, self->mem_len, ctx);
-    }
-    Py_XDECREF(owner);
-    return rc;
 }
 
 int
@@ -545,7 +579,7 @@ membuf_traverse(MemBufObject *self, visitproc visit, void *arg)
 /* Cyclic garbage: the GC finalizes every object of the cycle before it
  * clears any, so the callback runs while everything it may use is intact.
  * With exports alive (their holders are garbage too), release is deferred to
- * the moment the GC clears them. */
+ * the moment the GC clears them: exports are never outlived. */
 static void
 membuf_finalize(MemBufObject *self)
 {
@@ -554,9 +588,17 @@ membuf_finalize(MemBufObject *self)
     }
     if (self->exports == 0) {
         release_now(self, 1);
+        return;
     }
-    else {
-        self->flags |= MB_PENDING;
+    /* Defer to the end of the last export.  That happens while the GC clears
+     * the cycle, possibly after it has cleared a Python on_release that is
+     * garbage too (a cleared function crashes when called).  Untracking the
+     * callable keeps the GC from clearing it; it is tracked again just
+     * before we drop it (call_python_release). */
+    self->flags |= MB_PENDING;
+    if ((self->flags & MB_PYCALLBACK) && PyObject_GC_IsTracked((PyObject *)self->ctx)) {
+        PyObject_GC_UnTrack(self->ctx);
+        self->flags |= MB_UNTRACKED_CALLABLE;
     }
 }
 

@@ -24,6 +24,8 @@
 #define MB_C_CONTIG 0x800    /* layout is C-contiguous */
 #define MB_F_CONTIG 0x1000   /* layout is Fortran-contiguous */
 #define MB_COMPACT 0x2000    /* 1-D contiguous "B": shape -> &nbytes, strides -> &itemsize */
+#define MB_SLICE 0x4000      /* owner is the parent Buffer, whose export we hold */
+#define MB_UNTRACKED_CALLABLE 0x8000 /* finalize untracked the Python callable in ctx */
 
 /*
  * A Buffer.  Invariants:
@@ -38,7 +40,8 @@
  *     so dealloc never sees exports > 0).
  *   - Ownership: until MB_RELEASED, we own `owner` (strong ref, may be NULL)
  *     and the duty to call release(mem, mem_len, ctx) once; with
- *     MB_PYCALLBACK, ctx is a strong ref to a Python callable instead.
+ *     MB_PYCALLBACK, ctx is a strong ref to a Python callable instead; with
+ *     MB_SLICE, the duty is to end one export of the parent (= owner).
  *     Release clears all four fields *before* the callback runs.
  *   - GC: tracked only while owner or a Python callable could form a cycle.
  *

@@ -134,8 +134,15 @@ from_address(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject
     int bad = unsigned_arg(values[ARG_ADDRESS], "address", UINTPTR_MAX, &address) < 0 ||
               unsigned_arg(values[ARG_SIZE], "size", PY_SSIZE_T_MAX, &size) < 0;
     if (!bad && values[ARG_READONLY] != NULL) {
-        readonly = PyObject_IsTrue(values[ARG_READONLY]);
-        bad = readonly < 0;
+        /* A safety switch: only True or False, never a truthy accident. */
+        if (!PyBool_Check(values[ARG_READONLY])) {
+            PyErr_Format(PyExc_TypeError, "readonly must be True or False, not %.200s",
+                         Py_TYPE(values[ARG_READONLY])->tp_name);
+            bad = 1;
+        }
+        else {
+            readonly = values[ARG_READONLY] == Py_True;
+        }
     }
     if (!bad && size > UINTPTR_MAX - address) {
         PyErr_SetString(PyExc_OverflowError, "address + size overflows the address space");
