@@ -113,6 +113,9 @@ def call_with_failing_allocations(fn, args, start, stop):
     (stop 0: all from start on), hooks removed again at once."""
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    # Buffers are recycled through a free list; empty it so that creating a
+    # Buffer really allocates.
+    membuf._membuf._clear_freelist()
     try:
         _testcapi.set_nomemory(start, stop)
         try:

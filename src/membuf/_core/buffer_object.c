@@ -98,36 +98,82 @@ layout_flags(int ndim, const Py_ssize_t *shape, const Py_ssize_t *strides, Py_ss
     return flags;
 }
 
+/* A free list of compact Buffers: wrapping plain bytes is the hot path of
+ * every user.  Objects on it are untracked, own nothing, and keep the
+ * invariant fields of a compact Buffer (see alloc_compact). */
+#define MB_FREELIST_MAX 32
+static MemBufObject *freelist[MB_FREELIST_MAX];
+static int freelist_len = 0;
+
+/* A compact Buffer with its invariant fields set: shape -> &nbytes,
+ * strides -> &itemsize == 1, ndim 1, format NULL, exports 0, no weakrefs.
+ * The caller sets buf, nbytes, flags, mem, mem_len, release, ctx, owner. */
+static MemBufObject *
+alloc_compact(void)
+{
+    MemBufObject *self;
+    if (freelist_len > 0) {
+        self = freelist[--freelist_len];
+        (void)PyObject_Init((PyObject *)self, &MemBuf_Type);
+        return self;
+    }
+    self = PyObject_GC_NewVar(MemBufObject, &MemBuf_Type, 0);
+    if (self != NULL) {
+        self->itemsize = 1;
+        self->exports = 0;
+        self->shape = &self->nbytes;
+        self->strides = &self->itemsize;
+        self->format = NULL;
+        self->ndim = 1;
+        self->weakreflist = NULL;
+    }
+    return self;
+}
+
+static void
+free_object(MemBufObject *self)
+{
+    /* A GC-finalized object keeps that mark in its GC header: not reusable. */
+    if ((self->flags & MB_COMPACT) && freelist_len < MB_FREELIST_MAX &&
+        !PyObject_GC_IsFinalized((PyObject *)self)) {
+        freelist[freelist_len++] = self;
+        return;
+    }
+    PyObject_GC_Del(self);
+}
+
+void
+membuf_clear_freelist(void)
+{
+    while (freelist_len > 0) {
+        PyObject_GC_Del(freelist[--freelist_len]);
+    }
+}
+
 /* Allocate a Buffer with room for ndim shape and stride entries and a copy
  * of format (none of it for a compact "B" buffer).  Every field is set;
  * nothing is owned yet. */
 static MemBufObject *
 membuf_alloc(int compact, int ndim, const char *format)
 {
-    size_t format_size = format != NULL ? strlen(format) + 1 : 0;
-    Py_ssize_t extra = compact ? 0 : (Py_ssize_t)(2 * (size_t)ndim * sizeof(Py_ssize_t) + format_size);
-    MemBufObject *self = PyObject_GC_NewVar(MemBufObject, &MemBuf_Type, extra);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->buf = NULL;
-    self->nbytes = 0;
-    self->itemsize = 1;
-    self->exports = 0;
-    self->ndim = ndim;
-    self->flags = 0;
-    self->mem = NULL;
-    self->mem_len = 0;
-    self->release = NULL;
-    self->ctx = NULL;
-    self->owner = NULL;
-    self->weakreflist = NULL;
+    MemBufObject *self;
     if (compact) {
-        self->shape = &self->nbytes;
-        self->strides = &self->itemsize;
-        self->format = NULL;
+        self = alloc_compact();
+        if (self == NULL) {
+            return NULL;
+        }
     }
     else {
+        size_t format_size = format != NULL ? strlen(format) + 1 : 0;
+        Py_ssize_t extra = (Py_ssize_t)(2 * (size_t)ndim * sizeof(Py_ssize_t) + format_size);
+        self = PyObject_GC_NewVar(MemBufObject, &MemBuf_Type, extra);
+        if (self == NULL) {
+            return NULL;
+        }
+        self->itemsize = 1;
+        self->exports = 0;
+        self->ndim = ndim;
+        self->weakreflist = NULL;
         Py_ssize_t *storage = (Py_ssize_t *)(self + 1);
         self->shape = storage;
         self->strides = storage + ndim;
@@ -139,6 +185,14 @@ membuf_alloc(int compact, int ndim, const char *format)
             self->format = NULL;
         }
     }
+    self->buf = NULL;
+    self->nbytes = 0;
+    self->flags = 0;
+    self->mem = NULL;
+    self->mem_len = 0;
+    self->release = NULL;
+    self->ctx = NULL;
+    self->owner = NULL;
     return self;
 }
 
@@ -297,6 +351,37 @@ outside:
                  "at ptr",
                  format != NULL ? format : "B", len);
     return -1;
+}
+
+PyObject *
+membuf_from_memory(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc release, void *ctx)
+{
+    if ((flags & ~MB_PUBLIC_CREATION_FLAGS) || len > (size_t)PY_SSIZE_T_MAX ||
+        (ptr == NULL && len > 0)) {
+        MemBuf_Spec spec = {0}; /* let the general path raise the precise error */
+        spec.ptr = ptr;
+        spec.len = len;
+        spec.flags = flags;
+        spec.release = release;
+        spec.ctx = ctx;
+        return membuf_from_spec(&spec, 0);
+    }
+    MemBufObject *self = alloc_compact();
+    if (self == NULL) {
+        if (release != NULL) {
+            release((void *)ptr, len, ctx);
+        }
+        return NULL;
+    }
+    self->buf = ptr != NULL ? (char *)ptr : membuf_empty;
+    self->nbytes = (Py_ssize_t)len;
+    self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT | flags;
+    self->mem = (void *)ptr;
+    self->mem_len = len;
+    self->release = release;
+    self->ctx = ctx;
+    self->owner = NULL;
+    return (PyObject *)self;
 }
 
 PyObject *
@@ -551,18 +636,38 @@ membuf_refuse(MemBufObject *self)
 /* ------------------------------------------------------------------------ */
 
 static void
-membuf_dealloc(MemBufObject *self)
+dealloc_body(MemBufObject *self)
 {
-    PyObject_GC_UnTrack(self);
-    Py_TRASHCAN_BEGIN(self, membuf_dealloc)
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
     /* exports == 0 here: every export holds a reference to us. */
-    if (!MB_IS_RELEASED(self)) {
+    int flags = self->flags;
+    if (!(flags & (MB_RELEASED | MB_PYCALLBACK | MB_SLICE)) && self->owner == NULL) {
+        /* The common case of release_now(), inline: a C callback, no owner. */
+        self->flags = flags | MB_RELEASED;
+        if (self->release != NULL) {
+            self->release(self->mem, self->mem_len, self->ctx);
+        }
+    }
+    else if (!(flags & MB_RELEASED)) {
         release_now(self, 1);
     }
-    PyObject_GC_Del(self);
+    free_object(self);
+}
+
+static void
+membuf_dealloc(MemBufObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->owner == NULL) {
+        dealloc_body(self); /* drops no Buffer: no deep recursion possible */
+        return;
+    }
+    /* Dropping owner may free a parent, its parent, ...: the trashcan keeps
+     * long chains of slices from exhausting the C stack. */
+    Py_TRASHCAN_BEGIN(self, membuf_dealloc)
+    dealloc_body(self);
     Py_TRASHCAN_END
 }
 

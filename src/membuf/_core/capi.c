@@ -4,18 +4,6 @@
 #include "core.h"
 
 static PyObject *
-capi_from_memory(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc release, void *ctx)
-{
-    MemBuf_Spec spec = {0};
-    spec.ptr = ptr;
-    spec.len = len;
-    spec.flags = flags;
-    spec.release = release;
-    spec.ctx = ctx;
-    return membuf_from_spec(&spec, 0);
-}
-
-static PyObject *
 capi_from_spec(const MemBuf_Spec *spec)
 {
     if (spec == NULL) {
@@ -51,7 +39,7 @@ const MemBuf_CAPI membuf_capi = {
     .abi_version = MEMBUF_ABI_VERSION,
     .api_version = MEMBUF_API_VERSION,
     .Buffer_Type = &MemBuf_Type,
-    .FromMemory = capi_from_memory,
+    .FromMemory = membuf_from_memory,
     .FromSpec = capi_from_spec,
     .Release = capi_release,
     .Check = capi_check,

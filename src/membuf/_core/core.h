@@ -93,6 +93,14 @@ PyObject *membuf_richcompare(PyObject *self, PyObject *other, int op);
  * called and `owner` is untouched (borrowed).  Takes a new ref to owner. */
 PyObject *membuf_from_spec(const MemBuf_Spec *spec, int pycallback);
 
+/* MemBuf_FromMemory: the same as membuf_from_spec over a zeroed spec with
+ * these fields, on a shorter path. */
+PyObject *membuf_from_memory(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc release,
+                             void *ctx);
+
+/* Give back the memory of the free list of Buffer objects (module teardown). */
+void membuf_clear_freelist(void);
+
 /* The release duty for memory that never became a Buffer: calls
  * spec->release (or the Python callable in spec->ctx, reporting its error as
  * unraisable and dropping the reference).  Keeps any exception set. */

@@ -178,7 +178,18 @@ address_of(PyObject *module, PyObject *obj)
     return address;
 }
 
+static PyObject *
+clear_freelist(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    membuf_clear_freelist();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"_clear_freelist", clear_freelist, METH_NOARGS,
+     "Empty the free list of Buffer objects (for allocation-failure tests)."},
     {"address_of", (PyCFunction)address_of, METH_O,
      "address_of(obj)\n--\n\n"
      "Address of the first item that obj exports through the buffer protocol\n"
@@ -226,6 +237,13 @@ static PyModuleDef_Slot module_slots[] = {
     {0, NULL},
 };
 
+static void
+module_free(void *module)
+{
+    (void)module;
+    membuf_clear_freelist();
+}
+
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "membuf._membuf",
@@ -233,6 +251,7 @@ static struct PyModuleDef module_def = {
     .m_size = 0,
     .m_methods = module_methods,
     .m_slots = module_slots,
+    .m_free = module_free,
 };
 
 PyMODINIT_FUNC
