@@ -49,8 +49,9 @@
  * A free-threaded build would need `exports` and the state bits in `flags`
  * to change together; the plan is a per-object critical section
  * (Py_BEGIN_CRITICAL_SECTION) around getbuffer, releasebuffer and
- * membuf_release, which is where every state change happens.  Not done
- * here: no free-threaded CPython is available to test it.
+ * membuf_release, which is where every state change happens, and a
+ * per-thread (or locked) free list in buffer_object.c.  Not done here: no
+ * free-threaded CPython is available to test it.
  */
 typedef struct {
     PyObject_VAR_HEAD
