@@ -114,7 +114,11 @@ alloc_compact(void)
     MemBufObject *self;
     if (freelist_len > 0) {
         self = freelist[--freelist_len];
-        (void)PyObject_Init((PyObject *)self, &MemBuf_Type);
+#if defined(Py_REF_DEBUG) || defined(Py_TRACE_REFS)
+        (void)PyObject_Init((PyObject *)self, &MemBuf_Type); /* keeps the debug counts */
+#else
+        Py_SET_REFCNT(self, 1); /* type and GC header are already right */
+#endif
         return self;
     }
     self = PyObject_GC_NewVar(MemBufObject, &MemBuf_Type, 0);
@@ -135,7 +139,7 @@ free_object(MemBufObject *self)
 {
     /* A GC-finalized object keeps that mark in its GC header: not reusable. */
     if ((self->flags & MB_COMPACT) && freelist_len < MB_FREELIST_MAX &&
-        !PyObject_GC_IsFinalized((PyObject *)self)) {
+        !((self->flags & MB_TRACKED) && PyObject_GC_IsFinalized((PyObject *)self))) {
         freelist[freelist_len++] = self;
         return;
     }
@@ -452,6 +456,7 @@ membuf_from_spec(const MemBuf_Spec *spec, int pycallback)
     }
     self->owner = Py_XNewRef(spec->owner);
     if (self->owner != NULL || pycallback) {
+        self->flags |= MB_TRACKED;
         PyObject_GC_Track(self);
     }
     return (PyObject *)self;
@@ -495,6 +500,7 @@ membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *sha
     self->mem_len = (size_t)self->nbytes;
     parent->exports++;
     self->owner = Py_NewRef(parent);
+    self->flags |= MB_TRACKED;
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -609,10 +615,9 @@ membuf_release(MemBufObject *self, int defer)
 }
 
 void
-membuf_end_export(MemBufObject *self)
+membuf_finish_deferred_release(MemBufObject *self)
 {
-    self->exports--;
-    if (self->exports == 0 && (self->flags & MB_PENDING) && !MB_IS_RELEASED(self)) {
+    if (!MB_IS_RELEASED(self)) {
         release_now(self, 1);
     }
 }
@@ -659,7 +664,9 @@ dealloc_body(MemBufObject *self)
 static void
 membuf_dealloc(MemBufObject *self)
 {
-    PyObject_GC_UnTrack(self);
+    if (self->flags & MB_TRACKED) {
+        PyObject_GC_UnTrack(self);
+    }
     if (self->owner == NULL) {
         dealloc_body(self); /* drops no Buffer: no deep recursion possible */
         return;

@@ -26,6 +26,7 @@
 #define MB_COMPACT 0x2000    /* 1-D contiguous "B": shape -> &nbytes, strides -> &itemsize */
 #define MB_SLICE 0x4000      /* owner is the parent Buffer, whose export we hold */
 #define MB_UNTRACKED_CALLABLE 0x8000 /* finalize untracked the Python callable in ctx */
+#define MB_TRACKED 0x10000   /* we called PyObject_GC_Track on this Buffer */
 
 /*
  * A Buffer.  Invariants:
@@ -120,8 +121,17 @@ int membuf_release_now(MemBufObject *self);
 /* release() semantics shared by Python and C: strict or deferred. */
 int membuf_release(MemBufObject *self, int defer);
 
+/* The rare half of membuf_end_export: release now (if not yet released). */
+void membuf_finish_deferred_release(MemBufObject *self);
+
 /* One export ended: count it, and finish a deferred release at zero. */
-void membuf_end_export(MemBufObject *self);
+static inline void
+membuf_end_export(MemBufObject *self)
+{
+    if (--self->exports == 0 && (self->flags & MB_PENDING)) {
+        membuf_finish_deferred_release(self);
+    }
+}
 
 /* Raise ValueError for a released / release-pending Buffer. */
 int membuf_refuse(MemBufObject *self);
