@@ -479,6 +479,14 @@ membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *sha
     if (self == NULL) {
         return NULL;
     }
+    /* Allocating may have run a collection, and finalizers that released the
+     * parent: check again before taking the export. */
+    if (MB_REFUSES_WORK(parent)) {
+        self->flags = (compact ? MB_COMPACT : 0) | MB_RELEASED; /* owns nothing */
+        Py_DECREF(self);
+        membuf_refuse(parent);
+        return NULL;
+    }
     Py_ssize_t nitems = 1;
     for (int i = 0; i < ndim; i++) {
         nitems *= shape[i]; /* a sub-layout of a valid layout: cannot overflow */
