@@ -62,7 +62,7 @@ log "build membuf with -Db_sanitize=address,undefined"
     -Csetup-args=-Dbuildtype=debugoptimized \
     -Csetup-args=-Db_sanitize=address,undefined \
     -Csetup-args=-Db_lundef=false \
-    "-Csetup-args=-Dc_args=-fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+    "-Csetup-args=-Dc_args=-fno-omit-frame-pointer -fno-sanitize-recover=undefined -DMEMBUF_FREELIST_MAX=0"
 
 # Prove the build is instrumented: ASan/UBSan report hooks must be imported
 # by the .so itself (linking the runtime alone would not be enough).

@@ -94,8 +94,18 @@ membuf_slice(MemBufObject *self, PyObject *key)
     memcpy(shape, self->shape, (size_t)self->ndim * sizeof(Py_ssize_t));
     memcpy(strides, self->strides, (size_t)self->ndim * sizeof(Py_ssize_t));
     shape[0] = count;
-    strides[0] = self->strides[0] * step;
-    char *buf = count > 0 ? self->buf + start * self->strides[0] : self->buf;
+    /* Offsets are bounded by the memory only where elements exist: in an
+     * empty layout (nbytes 0) strides are arbitrary, and a stride along a
+     * dimension of at most one item is never used.  Elsewhere
+     * start * stride and (count - 1) * step * stride stay inside the
+     * memory, so nothing below can overflow. */
+    char *buf = self->buf;
+    if (self->nbytes > 0 && count > 0) {
+        buf += start * self->strides[0];
+        if (count > 1) {
+            strides[0] = self->strides[0] * step;
+        }
+    }
     return membuf_new_view(self, buf, self->ndim, shape, strides);
 }
 

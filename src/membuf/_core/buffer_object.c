@@ -101,8 +101,11 @@ layout_flags(int ndim, const Py_ssize_t *shape, const Py_ssize_t *strides, Py_ss
 /* A free list of compact Buffers: wrapping plain bytes is the hot path of
  * every user.  Objects on it are untracked, own nothing, and keep the
  * invariant fields of a compact Buffer (see alloc_compact). */
-#define MB_FREELIST_MAX 32
-static MemBufObject *freelist[MB_FREELIST_MAX];
+#ifndef MEMBUF_FREELIST_MAX /* sanitizer and fuzz builds set 0: ASan then sees every object */
+#define MEMBUF_FREELIST_MAX 32
+#endif
+#define MB_FREELIST_MAX MEMBUF_FREELIST_MAX
+static MemBufObject *freelist[MB_FREELIST_MAX > 0 ? MB_FREELIST_MAX : 1];
 static int freelist_len = 0;
 
 /* A compact Buffer with its invariant fields set: shape -> &nbytes,
@@ -487,9 +490,17 @@ membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *sha
         membuf_refuse(parent);
         return NULL;
     }
+    /* A sub-layout of a valid layout: the product of a non-empty shape is
+     * bounded by the memory; an empty one may overflow before its 0. */
     Py_ssize_t nitems = 1;
     for (int i = 0; i < ndim; i++) {
-        nitems *= shape[i]; /* a sub-layout of a valid layout: cannot overflow */
+        if (shape[i] == 0) {
+            nitems = 0;
+            break;
+        }
+    }
+    for (int i = 0; i < ndim && nitems != 0; i++) {
+        nitems *= shape[i];
     }
     self->buf = buf;
     self->itemsize = parent->itemsize;
