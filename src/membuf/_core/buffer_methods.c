@@ -96,15 +96,18 @@ membuf_slice(MemBufObject *self, PyObject *key)
     shape[0] = count;
     /* Offsets are bounded by the memory only where elements exist: in an
      * empty layout (nbytes 0) strides are arbitrary, and a stride along a
-     * dimension of at most one item is never used.  Elsewhere
-     * start * stride and (count - 1) * step * stride stay inside the
-     * memory, so nothing below can overflow. */
+     * dimension of at most one item is never used.  There the new stride is
+     * stride * step (memoryview's rule) unless that overflows, and the
+     * address stays put; elsewhere nothing can overflow. */
     char *buf = self->buf;
+    Py_ssize_t stride = self->strides[0];
     if (self->nbytes > 0 && count > 0) {
-        buf += start * self->strides[0];
-        if (count > 1) {
-            strides[0] = self->strides[0] * step;
-        }
+        buf += start * stride;
+    }
+    size_t stride_size = stride < 0 ? (size_t)0 - (size_t)stride : (size_t)stride;
+    size_t step_size = step < 0 ? (size_t)0 - (size_t)step : (size_t)step; /* step != 0 */
+    if ((self->nbytes > 0 && count > 1) || stride_size <= (size_t)PY_SSIZE_T_MAX / step_size) {
+        strides[0] = stride * step;
     }
     return membuf_new_view(self, buf, self->ndim, shape, strides);
 }
