@@ -204,20 +204,43 @@ membuf_alloc(int compact, int ndim, const char *format)
 }
 
 /* Call the release duty for memory that never became a Buffer (contract 3). */
+/* Call a Python on_release; -1 with its exception set (raise mode), or its
+ * exception reported as unraisable (unraisable mode, which also keeps any
+ * exception already set).  Consumes the reference to callable; re-tracks it
+ * first if finalize untracked it (see membuf_finalize). */
+static int
+call_python_release(PyObject *callable, int unraisable, int retrack)
+{
+    int rc = 0;
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    if (unraisable) {
+        PyErr_Fetch(&type, &value, &tb);
+    }
+    PyObject *res = PyObject_CallNoArgs(callable);
+    if (res == NULL) {
+        if (unraisable) {
+            PyErr_WriteUnraisable(callable);
+        }
+        else {
+            rc = -1;
+        }
+    }
+    Py_XDECREF(res);
+    if (unraisable) {
+        PyErr_Restore(type, value, tb);
+    }
+    if (retrack && !PyObject_GC_IsTracked(callable)) {
+        PyObject_GC_Track(callable); /* its dealloc expects a tracked object */
+    }
+    Py_DECREF(callable);
+    return rc;
+}
+
 void
 membuf_release_unwrapped(const MemBuf_Spec *spec, int pycallback)
 {
     if (pycallback) {
-        PyObject *callable = (PyObject *)spec->ctx;
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyObject *res = PyObject_CallNoArgs(callable);
-        if (res == NULL) {
-            PyErr_WriteUnraisable(callable);
-        }
-        Py_XDECREF(res);
-        PyErr_Restore(type, value, tb);
-        Py_DECREF(callable);
+        (void)call_python_release((PyObject *)spec->ctx, 1, 0);
     }
     else if (spec->release != NULL) {
         spec->release((void *)spec->ptr, spec->len, spec->ctx);
@@ -528,38 +551,10 @@ membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *sha
 /* Release                                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* Call a Python on_release; -1 with its exception set (raise mode), or its
- * exception reported as unraisable (unraisable mode, which also keeps any
- * exception already set).  Consumes the reference to callable; re-tracks it
- * first if finalize untracked it (see membuf_finalize). */
-static int
-call_python_release(PyObject *callable, int unraisable, int retrack)
-{
-    int rc = 0;
-    PyObject *type = NULL, *value = NULL, *tb = NULL;
-    if (unraisable) {
-        PyErr_Fetch(&type, &value, &tb);
-    }
-    PyObject *res = PyObject_CallNoArgs(callable);
-    if (res == NULL) {
-        if (unraisable) {
-            PyErr_WriteUnraisable(callable);
-        }
-        else {
-            rc = -1;
-        }
-    }
-    Py_XDECREF(res);
-    if (unraisable) {
-        PyErr_Restore(type, value, tb);
-    }
-    if (retrack && !PyObject_GC_IsTracked(callable)) {
-        PyObject_GC_Track(callable); /* its dealloc expects a tracked object */
-    }
-    Py_DECREF(callable);
-    return rc;
-}
-
+/* Give the memory back now.  Precondition: not released, exports == 0.
+ * Marks released first, then calls the callback, then drops owner.
+ * Returns -1 only when a Python on_release raised (raise mode); the
+ * exception is then set. */
 static int
 release_now(MemBufObject *self, int unraisable)
 {
@@ -604,12 +599,6 @@ release_now(MemBufObject *self, int unraisable)
         self = next;
         unraisable = 1; /* a deferred release has nobody to raise to */
     }
-}
-
-int
-membuf_release_now(MemBufObject *self)
-{
-    return release_now(self, 0);
 }
 
 int

@@ -113,11 +113,6 @@ void membuf_release_unwrapped(const MemBuf_Spec *spec, int pycallback);
 PyObject *membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *shape,
                           const Py_ssize_t *strides);
 
-/* Give the memory back now.  Precondition: not released, exports == 0.
- * Marks released first, then calls the callback, then drops owner.
- * Returns -1 only when a Python on_release raised; the exception is set. */
-int membuf_release_now(MemBufObject *self);
-
 /* release() semantics shared by Python and C: strict or deferred. */
 int membuf_release(MemBufObject *self, int defer);
 
