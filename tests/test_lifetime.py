@@ -843,6 +843,35 @@ def test_deep_chain_of_deferred_slices(tmp_path):
     assert "CALLS [1] True" in result.stdout
 
 
+DEEP_DROPPED_CHAIN = r"""
+import ctypes, sys
+import membuf
+
+cbuf = ctypes.create_string_buffer(b"x" * 16, 16)
+calls = []
+buf = membuf.from_address(ctypes.addressof(cbuf), 16, on_release=lambda: calls.append(1))
+for _ in range(int(sys.argv[1])):
+    buf = buf[:]                     # only the newest slice is referenced
+del buf                              # frees the whole chain, newest first
+print("CALLS", calls, flush=True)
+"""
+
+
+def test_dropping_a_deep_chain_of_slices(tmp_path):
+    """Freeing the head of a million slices of slices frees them all and
+    releases the memory once, without exhausting the C stack (the trashcan in
+    the default build, membuf's own postponed deallocation in the abi3 build;
+    run in a child interpreter)."""
+    import subprocess
+
+    script = tmp_path / "dropped.py"
+    script.write_text(DEEP_DROPPED_CHAIN)
+    result = subprocess.run([sys.executable, str(script), str(10**6)], capture_output=True,
+                            text=True, cwd=tmp_path, check=False)
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    assert "CALLS [1]" in result.stdout
+
+
 # ---------------------------------------------------------------------------
 # 10. owners
 # ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ is_byte_vector(const MemBufObject *self)
 /* len, indexing, slicing                                                   */
 /* ------------------------------------------------------------------------ */
 
-static Py_ssize_t
+Py_ssize_t
 membuf_length(MemBufObject *self)
 {
     if (MB_REFUSES_WORK(self)) {
@@ -45,7 +45,7 @@ membuf_length(MemBufObject *self)
 }
 
 /* Item i (already made non-negative by the caller where it could be). */
-static PyObject *
+PyObject *
 membuf_item(MemBufObject *self, Py_ssize_t i)
 {
     if (MB_REFUSES_WORK(self)) {
@@ -112,7 +112,7 @@ membuf_slice(MemBufObject *self, PyObject *key)
     return membuf_new_view(self, buf, self->ndim, shape, strides);
 }
 
-static PyObject *
+PyObject *
 membuf_subscript(MemBufObject *self, PyObject *key)
 {
     if (MB_REFUSES_WORK(self)) {
@@ -147,7 +147,7 @@ membuf_subscript(MemBufObject *self, PyObject *key)
     return result;
 }
 
-static int
+int
 membuf_ass_subscript(MemBufObject *self, PyObject *key, PyObject *value)
 {
     PyObject *view = as_memoryview(self);
@@ -158,17 +158,6 @@ membuf_ass_subscript(MemBufObject *self, PyObject *key, PyObject *value)
     Py_DECREF(view);
     return rc;
 }
-
-PySequenceMethods membuf_as_sequence = {
-    .sq_length = (lenfunc)membuf_length,
-    .sq_item = (ssizeargfunc)membuf_item,
-};
-
-PyMappingMethods membuf_as_mapping = {
-    .mp_length = (lenfunc)membuf_length,
-    .mp_subscript = (binaryfunc)membuf_subscript,
-    .mp_ass_subscript = (objobjargproc)membuf_ass_subscript,
-};
 
 /* ------------------------------------------------------------------------ */
 /* ==                                                                       */
@@ -250,7 +239,7 @@ shape_tuple(int ndim, const Py_ssize_t *values)
             Py_DECREF(tuple);
             return NULL;
         }
-        PyTuple_SET_ITEM(tuple, i, item);
+        PyTuple_SetItem(tuple, i, item); /* steals item; cannot fail here */
     }
     return tuple;
 }
@@ -307,7 +296,7 @@ membuf_release_method(MemBufObject *self, PyObject *const *args, Py_ssize_t narg
                       PyObject *kwnames)
 {
     PyObject *defer_obj = NULL;
-    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    Py_ssize_t nkw = kwnames != NULL ? MB_TUPLE_SIZE(kwnames) : 0;
     if (nargs > 1 || nargs + nkw > 1) {
         PyErr_Format(PyExc_TypeError, "release() takes at most 1 argument (%zd given)",
                      nargs + nkw);
@@ -317,7 +306,7 @@ membuf_release_method(MemBufObject *self, PyObject *const *args, Py_ssize_t narg
         defer_obj = args[0];
     }
     else if (nkw == 1) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
+        PyObject *name = MB_TUPLE_ITEM(kwnames, 0);
         if (!PyUnicode_Check(name) || PyUnicode_CompareWithASCIIString(name, "defer") != 0) {
             PyErr_Format(PyExc_TypeError, "release() got an unexpected keyword argument '%S'",
                          name);
@@ -380,15 +369,17 @@ membuf_tobytes(MemBufObject *self, PyObject *unused)
     return result;
 }
 
+/* Delegated to memoryview.hex() (cold; the same path in both builds: the
+ * limited API of 3.11 has no vectorcall). */
 static PyObject *
-membuf_hex(MemBufObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+membuf_hex(MemBufObject *self, PyObject *args, PyObject *kwargs)
 {
     PyObject *view = as_memoryview(self);
     if (view == NULL) {
         return NULL;
     }
     PyObject *hex = PyObject_GetAttrString(view, "hex");
-    PyObject *result = hex != NULL ? PyObject_Vectorcall(hex, args, (size_t)nargs, kwnames) : NULL;
+    PyObject *result = hex != NULL ? PyObject_Call(hex, args, kwargs) : NULL;
     Py_XDECREF(hex);
     Py_DECREF(view);
     return result;
@@ -404,7 +395,7 @@ PyMethodDef membuf_methods[] = {
      "Releasing a released Buffer does nothing."},
     {"tobytes", (PyCFunction)membuf_tobytes, METH_NOARGS,
      "tobytes()\n--\n\nA copy of the contents as bytes (C order)."},
-    {"hex", (PyCFunction)(void (*)(void))membuf_hex, METH_FASTCALL | METH_KEYWORDS,
+    {"hex", (PyCFunction)(void (*)(void))membuf_hex, METH_VARARGS | METH_KEYWORDS,
      "hex(sep=..., bytes_per_sep=1)\n--\n\nThe contents as hexadecimal, as memoryview.hex()."},
     {"__enter__", (PyCFunction)membuf_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))membuf_exit, METH_FASTCALL,

@@ -8,6 +8,9 @@
 #include "core.h"
 
 #include <string.h>
+#ifdef Py_LIMITED_API
+#include <structmember.h> /* T_PYSSIZET, READONLY for __weaklistoffset__ */
+#endif
 
 /* An empty Buffer created from NULL exports this address instead, so that no
  * consumer ever sees buf == NULL (memcpy(dst, NULL, 0) is undefined). */
@@ -100,7 +103,8 @@ layout_flags(int ndim, const Py_ssize_t *shape, const Py_ssize_t *strides, Py_ss
 
 /* A free list of compact Buffers: wrapping plain bytes is the hot path of
  * every user.  Objects on it are untracked, own nothing, and keep the
- * invariant fields of a compact Buffer (see alloc_compact). */
+ * invariant fields of a compact Buffer (see alloc_compact).  In the limited
+ * build they also keep their reference to the heap type. */
 #ifndef MEMBUF_FREELIST_MAX /* sanitizer and fuzz builds set 0: ASan then sees every object */
 #define MEMBUF_FREELIST_MAX 32
 #endif
@@ -118,13 +122,16 @@ alloc_compact(void)
     if (freelist_len > 0) {
         self = freelist[--freelist_len];
 #if defined(Py_REF_DEBUG) || defined(Py_TRACE_REFS)
-        (void)PyObject_Init((PyObject *)self, &MemBuf_Type); /* keeps the debug counts */
+        (void)PyObject_Init((PyObject *)self, MEMBUF_TYPE); /* keeps the debug counts */
+#ifdef Py_LIMITED_API
+        Py_DECREF(MEMBUF_TYPE); /* it kept its type reference on the free list */
+#endif
 #else
-        Py_SET_REFCNT(self, 1); /* type and GC header are already right */
+        Py_SET_REFCNT((PyObject *)self, 1); /* type and GC header are already right */
 #endif
         return self;
     }
-    self = PyObject_GC_NewVar(MemBufObject, &MemBuf_Type, 0);
+    self = PyObject_GC_NewVar(MemBufObject, MEMBUF_TYPE, 0);
     if (self != NULL) {
         self->itemsize = 1;
         self->exports = 0;
@@ -147,6 +154,9 @@ free_object(MemBufObject *self)
         return;
     }
     PyObject_GC_Del(self);
+#ifdef Py_LIMITED_API
+    Py_DECREF(MEMBUF_TYPE); /* instances of a heap type own a reference to it */
+#endif
 }
 
 void
@@ -154,6 +164,9 @@ membuf_clear_freelist(void)
 {
     while (freelist_len > 0) {
         PyObject_GC_Del(freelist[--freelist_len]);
+#ifdef Py_LIMITED_API
+        Py_DECREF(MEMBUF_TYPE);
+#endif
     }
 }
 
@@ -173,7 +186,7 @@ membuf_alloc(int compact, int ndim, const char *format)
     else {
         size_t format_size = format != NULL ? strlen(format) + 1 : 0;
         Py_ssize_t extra = (Py_ssize_t)(2 * (size_t)ndim * sizeof(Py_ssize_t) + format_size);
-        self = PyObject_GC_NewVar(MemBufObject, &MemBuf_Type, extra);
+        self = PyObject_GC_NewVar(MemBufObject, MEMBUF_TYPE, extra);
         if (self == NULL) {
             return NULL;
         }
@@ -541,7 +554,7 @@ membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *sha
     self->mem = buf;
     self->mem_len = (size_t)self->nbytes;
     parent->exports++;
-    self->owner = Py_NewRef(parent);
+    self->owner = Py_NewRef((PyObject *)parent);
     self->flags |= MB_TRACKED;
     PyObject_GC_Track(self);
     return (PyObject *)self;
@@ -644,6 +657,29 @@ membuf_refuse(MemBufObject *self)
     return -1;
 }
 
+int
+membuf_type_error(PyObject *exc, PyObject *obj, const char *format, ...)
+{
+    va_list va;
+    va_start(va, format);
+    PyObject *message = PyUnicode_FromFormatV(format, va);
+    va_end(va);
+    if (message == NULL) {
+        return -1;
+    }
+#ifdef Py_LIMITED_API
+    PyObject *name = PyType_GetName(Py_TYPE(obj));
+    if (name != NULL) {
+        PyErr_Format(exc, "%U, not %.200U", message, name);
+        Py_DECREF(name);
+    }
+#else
+    PyErr_Format(exc, "%U, not %.200s", message, Py_TYPE(obj)->tp_name);
+#endif
+    Py_DECREF(message);
+    return -1;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Type slots: lifetime and GC                                              */
 /* ------------------------------------------------------------------------ */
@@ -669,6 +705,34 @@ dealloc_body(MemBufObject *self)
     free_object(self);
 }
 
+#ifdef Py_LIMITED_API
+/* The limited API has no trashcan, so this build keeps its own for Buffers:
+ * past MB_MAX_DEALLOC_DEPTH nested deallocations, a Buffer (refcount 0,
+ * untracked, fields intact) is pushed on `postponed` and deallocated by the
+ * outermost membuf_dealloc before it returns.  If the stack cannot grow,
+ * we recurse as before.  GIL held throughout. */
+#define MB_MAX_DEALLOC_DEPTH 50
+static int dealloc_depth = 0;
+static MemBufObject **postponed = NULL;
+static Py_ssize_t postponed_len = 0, postponed_cap = 0;
+
+static int
+postpone_dealloc(MemBufObject *self)
+{
+    if (postponed_len == postponed_cap) {
+        Py_ssize_t cap = postponed_cap > 0 ? 2 * postponed_cap : 64;
+        MemBufObject **grown = PyMem_Realloc(postponed, (size_t)cap * sizeof(*postponed));
+        if (grown == NULL) {
+            return 0;
+        }
+        postponed = grown;
+        postponed_cap = cap;
+    }
+    postponed[postponed_len++] = self;
+    return 1;
+}
+#endif
+
 static void
 membuf_dealloc(MemBufObject *self)
 {
@@ -681,14 +745,34 @@ membuf_dealloc(MemBufObject *self)
     }
     /* Dropping owner may free a parent, its parent, ...: the trashcan keeps
      * long chains of slices from exhausting the C stack. */
+#ifndef Py_LIMITED_API
     Py_TRASHCAN_BEGIN(self, membuf_dealloc)
     dealloc_body(self);
     Py_TRASHCAN_END
+#else
+    if (dealloc_depth >= MB_MAX_DEALLOC_DEPTH && postpone_dealloc(self)) {
+        return;
+    }
+    dealloc_depth++;
+    dealloc_body(self);
+    if (dealloc_depth == 1) {
+        while (postponed_len > 0) {
+            dealloc_body(postponed[--postponed_len]); /* may postpone more */
+        }
+        PyMem_Free(postponed);
+        postponed = NULL;
+        postponed_cap = 0;
+    }
+    dealloc_depth--;
+#endif
 }
 
 static int
 membuf_traverse(MemBufObject *self, visitproc visit, void *arg)
 {
+#ifdef Py_LIMITED_API
+    Py_VISIT(Py_TYPE((PyObject *)self)); /* instances of a heap type visit it */
+#endif
     Py_VISIT(self->owner);
     if (self->flags & MB_PYCALLBACK) {
         Py_VISIT((PyObject *)self->ctx);
@@ -746,6 +830,28 @@ membuf_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return NULL;
 }
 
+/* ------------------------------------------------------------------------ */
+/* The type: one list of slot functions, two definitions                    */
+/* ------------------------------------------------------------------------ */
+
+#ifndef Py_LIMITED_API
+
+static PySequenceMethods membuf_as_sequence = {
+    .sq_length = (lenfunc)membuf_length,
+    .sq_item = (ssizeargfunc)membuf_item,
+};
+
+static PyMappingMethods membuf_as_mapping = {
+    .mp_length = (lenfunc)membuf_length,
+    .mp_subscript = (binaryfunc)membuf_subscript,
+    .mp_ass_subscript = (objobjargproc)membuf_ass_subscript,
+};
+
+static PyBufferProcs membuf_as_buffer = {
+    .bf_getbuffer = (getbufferproc)membuf_getbuffer,
+    .bf_releasebuffer = (releasebufferproc)membuf_releasebuffer,
+};
+
 PyTypeObject MemBuf_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "membuf.Buffer",
@@ -768,3 +874,65 @@ PyTypeObject MemBuf_Type = {
     .tp_new = membuf_new,
     .tp_finalize = (destructor)membuf_finalize,
 };
+
+int
+membuf_type_ready(void)
+{
+    return PyType_Ready(&MemBuf_Type);
+}
+
+#else /* Py_LIMITED_API: the same type, created from a spec */
+
+PyTypeObject *membuf_heap_type = NULL; /* one per process, never freed */
+
+static PyMemberDef membuf_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(MemBufObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot membuf_slots[] = {
+    {Py_tp_dealloc, (void *)membuf_dealloc},
+    {Py_tp_repr, (void *)membuf_repr},
+    {Py_sq_length, (void *)membuf_length},
+    {Py_sq_item, (void *)membuf_item},
+    {Py_mp_length, (void *)membuf_length},
+    {Py_mp_subscript, (void *)membuf_subscript},
+    {Py_mp_ass_subscript, (void *)membuf_ass_subscript},
+    {Py_tp_hash, (void *)PyObject_HashNotImplemented},
+    {Py_bf_getbuffer, (void *)membuf_getbuffer},
+    {Py_bf_releasebuffer, (void *)membuf_releasebuffer},
+    {Py_tp_doc, (void *)membuf_type_doc},
+    {Py_tp_traverse, (void *)membuf_traverse},
+    {Py_tp_clear, (void *)membuf_clear},
+    {Py_tp_richcompare, (void *)membuf_richcompare},
+    {Py_tp_members, membuf_members},
+    {Py_tp_methods, membuf_methods},
+    {Py_tp_getset, membuf_getset},
+    {Py_tp_new, (void *)membuf_new},
+    {Py_tp_finalize, (void *)membuf_finalize},
+    {0, NULL},
+};
+
+static PyType_Spec membuf_spec = {
+    .name = "membuf.Buffer",
+    .basicsize = sizeof(MemBufObject),
+    .itemsize = 1,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = membuf_slots,
+};
+
+int
+membuf_type_ready(void)
+{
+    if (membuf_heap_type != NULL) {
+        return 0; /* a second interpreter or a re-import: the type is shared */
+    }
+    membuf_heap_type = (PyTypeObject *)PyType_FromSpec(&membuf_spec);
+    if (membuf_heap_type == NULL) {
+        return -1;
+    }
+    membuf_capi.Buffer_Type = membuf_heap_type;
+    return 0;
+}
+
+#endif /* Py_LIMITED_API */

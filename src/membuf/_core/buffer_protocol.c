@@ -17,7 +17,7 @@
 #define REQ_WRITABLE(flags) ((flags) & PyBUF_WRITABLE)
 #define REQ_FORMAT(flags) ((flags) & PyBUF_FORMAT)
 
-static int
+int
 membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
 {
     if (MB_REFUSES_WORK(self)) {
@@ -84,14 +84,9 @@ membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
     return 0;
 }
 
-static void
+void
 membuf_releasebuffer(MemBufObject *self, Py_buffer *view)
 {
     (void)view;
     membuf_end_export(self);
 }
-
-PyBufferProcs membuf_as_buffer = {
-    .bf_getbuffer = (getbufferproc)membuf_getbuffer,
-    .bf_releasebuffer = (releasebufferproc)membuf_releasebuffer,
-};

@@ -17,9 +17,13 @@ static int
 capi_release(PyObject *obj, int flags)
 {
     if (obj == NULL || !MemBuf_CheckExact(obj)) {
-        PyErr_Format(PyExc_TypeError, "MemBuf_Release: expected a membuf.Buffer, not %.200s",
-                     obj != NULL ? Py_TYPE(obj)->tp_name : "NULL");
-        return -1;
+        if (obj == NULL) {
+            PyErr_SetString(PyExc_TypeError,
+                            "MemBuf_Release: expected a membuf.Buffer, not NULL");
+            return -1;
+        }
+        return membuf_type_error(PyExc_TypeError, obj,
+                                 "MemBuf_Release: expected a membuf.Buffer");
     }
     if (flags & ~MEMBUF_DEFER) {
         PyErr_Format(PyExc_ValueError, "MemBuf_Release: unknown flags 0x%x (known: MEMBUF_DEFER)",
@@ -35,10 +39,13 @@ capi_check(PyObject *obj)
     return obj != NULL && MemBuf_CheckExact(obj);
 }
 
-const MemBuf_CAPI membuf_capi = {
+/* In the limited build, Buffer_Type is set by membuf_type_ready(). */
+MB_CAPI_CONST MemBuf_CAPI membuf_capi = {
     .abi_version = MEMBUF_ABI_VERSION,
     .api_version = MEMBUF_API_VERSION,
+#ifndef Py_LIMITED_API
     .Buffer_Type = &MemBuf_Type,
+#endif
     .FromMemory = membuf_from_memory,
     .FromSpec = capi_from_spec,
     .Release = capi_release,

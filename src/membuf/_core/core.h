@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #define MEMBUF_BUILDING_CORE
 #include <Python.h>
+#include <string.h>
 #include "membuf.h"
 
 /* Internal state bits live in MemBufObject.flags above the public ones. */
@@ -73,18 +74,56 @@ typedef struct {
     PyObject *weakreflist;
 } MemBufObject;
 
+/*
+ * The type.  The default build defines it as a static PyTypeObject (the
+ * fastest: no type reference per object).  The stable-ABI build
+ * (Py_LIMITED_API, `-Dpython.allow_limited_api=true`, an abi3 wheel) cannot
+ * see PyTypeObject's fields, so membuf_type_ready() creates it once per
+ * process with PyType_FromSpec from the same slot functions; every object,
+ * live or on the free list, then holds a reference to it, and the type is
+ * never destroyed (C API users cache Buffer_Type for the life of the
+ * process).  MEMBUF_TYPE is the PyTypeObject * in both builds.
+ */
+#ifdef Py_LIMITED_API
+extern PyTypeObject *membuf_heap_type;
+#define MEMBUF_TYPE membuf_heap_type
+#define MB_CAPI_CONST /* Buffer_Type is filled in by membuf_type_ready() */
+#else
 extern PyTypeObject MemBuf_Type;
-extern PyBufferProcs membuf_as_buffer;
-extern PySequenceMethods membuf_as_sequence;
-extern PyMappingMethods membuf_as_mapping;
+#define MEMBUF_TYPE (&MemBuf_Type)
+#define MB_CAPI_CONST const
+#endif
+
+/* Ready the type (create it, in the limited build) and fill in the C API
+ * table.  Idempotent; 0, or -1 with an exception set. */
+int membuf_type_ready(void);
+
+extern MB_CAPI_CONST MemBuf_CAPI membuf_capi;
 extern PyMethodDef membuf_methods[];
 extern PyGetSetDef membuf_getset[];
 extern const char membuf_type_doc[];
-extern const MemBuf_CAPI membuf_capi;
+
+/* The slot functions (buffer_protocol.c, buffer_methods.c), listed in both
+ * type definitions in buffer_object.c. */
+int membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags);
+void membuf_releasebuffer(MemBufObject *self, Py_buffer *view);
+Py_ssize_t membuf_length(MemBufObject *self);
+PyObject *membuf_item(MemBufObject *self, Py_ssize_t i);
+PyObject *membuf_subscript(MemBufObject *self, PyObject *key);
+int membuf_ass_subscript(MemBufObject *self, PyObject *key, PyObject *value);
 PyObject *membuf_repr(MemBufObject *self);
 PyObject *membuf_richcompare(PyObject *self, PyObject *other, int op);
 
-#define MemBuf_CheckExact(op) Py_IS_TYPE((op), &MemBuf_Type)
+/* The limited API has no tuple access macros. */
+#ifdef Py_LIMITED_API
+#define MB_TUPLE_SIZE(t) PyTuple_Size(t)
+#define MB_TUPLE_ITEM(t, i) PyTuple_GetItem((t), (i))
+#else
+#define MB_TUPLE_SIZE(t) PyTuple_GET_SIZE(t)
+#define MB_TUPLE_ITEM(t, i) PyTuple_GET_ITEM((t), (i))
+#endif
+
+#define MemBuf_CheckExact(op) Py_IS_TYPE((op), MEMBUF_TYPE)
 #define MB_IS_RELEASED(self) (((self)->flags & MB_RELEASED) != 0)
 #define MB_REFUSES_WORK(self) (((self)->flags & (MB_RELEASED | MB_PENDING)) != 0)
 
@@ -130,6 +169,10 @@ membuf_end_export(MemBufObject *self)
 
 /* Raise ValueError for a released / release-pending Buffer. */
 int membuf_refuse(MemBufObject *self);
+
+/* Raise exc with the message "<format % ...>, not <name of obj's type>";
+ * returns -1.  (The limited API cannot read tp_name: it uses __name__.) */
+int membuf_type_error(PyObject *exc, PyObject *obj, const char *format, ...);
 
 /* Format string for exports and attributes. */
 static inline const char *

@@ -31,9 +31,9 @@ parse_from_address_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
     for (Py_ssize_t i = 0; i < nargs; i++) {
         values[i] = args[i];
     }
-    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    Py_ssize_t nkw = kwnames != NULL ? MB_TUPLE_SIZE(kwnames) : 0;
     for (Py_ssize_t k = 0; k < nkw; k++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        PyObject *name = MB_TUPLE_ITEM(kwnames, k);
         int slot = -1;
         for (int i = 0; i < NARGS; i++) {
             if (PyUnicode_CompareWithASCIIString(name, from_address_names[i]) == 0) {
@@ -69,9 +69,7 @@ static int
 unsigned_arg(PyObject *obj, const char *name, unsigned long long max, unsigned long long *out)
 {
     if (!PyIndex_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.200s", name,
-                     Py_TYPE(obj)->tp_name);
-        return -1;
+        return membuf_type_error(PyExc_TypeError, obj, "%s must be an int", name);
     }
     PyObject *number = PyNumber_Index(obj);
     if (number == NULL) {
@@ -120,8 +118,7 @@ from_address(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject
         on_release = NULL;
     }
     if (on_release != NULL && !PyCallable_Check(on_release)) {
-        PyErr_Format(PyExc_TypeError, "on_release must be callable or None, not %.200s",
-                     Py_TYPE(on_release)->tp_name);
+        membuf_type_error(PyExc_TypeError, on_release, "on_release must be callable or None");
         return NULL;
     }
     /* From here on on_release is ours: every failure below calls it
@@ -136,8 +133,8 @@ from_address(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject
     if (!bad && values[ARG_READONLY] != NULL) {
         /* A safety switch: only True or False, never a truthy accident. */
         if (!PyBool_Check(values[ARG_READONLY])) {
-            PyErr_Format(PyExc_TypeError, "readonly must be True or False, not %.200s",
-                         Py_TYPE(values[ARG_READONLY])->tp_name);
+            membuf_type_error(PyExc_TypeError, values[ARG_READONLY],
+                              "readonly must be True or False");
             bad = 1;
         }
         else {
@@ -207,13 +204,21 @@ static PyMethodDef module_methods[] = {
 /* Module                                                                   */
 /* ------------------------------------------------------------------------ */
 
+/* membuf._membuf.LIMITED_API: 0 in the default build, the Py_LIMITED_API
+ * version (0x030B0000) in the abi3 build. */
+#ifdef Py_LIMITED_API
+#define MB_LIMITED_API Py_LIMITED_API
+#else
+#define MB_LIMITED_API 0
+#endif
+
 static int
 module_exec(PyObject *module)
 {
-    if (PyType_Ready(&MemBuf_Type) < 0) {
+    if (membuf_type_ready() < 0) {
         return -1;
     }
-    if (PyModule_AddObjectRef(module, "Buffer", (PyObject *)&MemBuf_Type) < 0) {
+    if (PyModule_AddObjectRef(module, "Buffer", (PyObject *)MEMBUF_TYPE) < 0) {
         return -1;
     }
     PyObject *capsule = PyCapsule_New((void *)&membuf_capi, MEMBUF_CAPSULE_NAME, NULL);
@@ -227,6 +232,9 @@ module_exec(PyObject *module)
     if (PyModule_AddIntConstant(module, "ABI_VERSION", MEMBUF_ABI_VERSION) < 0 ||
         PyModule_AddIntConstant(module, "API_VERSION", MEMBUF_API_VERSION) < 0 ||
         PyModule_AddStringConstant(module, "HEADER_VERSION", MEMBUF_VERSION) < 0) {
+        return -1;
+    }
+    if (PyModule_AddIntConstant(module, "LIMITED_API", MB_LIMITED_API) < 0) {
         return -1;
     }
     return 0;
