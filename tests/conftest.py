@@ -15,8 +15,10 @@ FAKELIB_SOURCES = ["fakelib_module.c", "fakelib.c", "fakelib_import.c"]
 STRICT_FLAGS = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-UNDEBUG", "-O1"]
 
 
-def build_extension(name, sources, build_dir, source_dir=CAPI_DIR):
-    """Compile a C extension with setuptools and import it from build_dir."""
+def build_extension(name, sources, build_dir, source_dir=CAPI_DIR, limited_api=False):
+    """Compile a C extension with setuptools and import it from build_dir.
+    limited_api=True builds it against the stable ABI (Py_LIMITED_API 3.11),
+    as a downstream abi3 extension would include membuf.h."""
     from setuptools import Distribution, Extension
 
     ext = Extension(
@@ -24,6 +26,8 @@ def build_extension(name, sources, build_dir, source_dir=CAPI_DIR):
         sources=[str(source_dir / s) for s in sources],
         include_dirs=[membuf.get_include(), str(source_dir)],
         extra_compile_args=STRICT_FLAGS,
+        define_macros=[("Py_LIMITED_API", "0x030B0000")] if limited_api else [],
+        py_limited_api=limited_api,
     )
     dist = Distribution({"name": name, "ext_modules": [ext]})
     cmd = dist.get_command_obj("build_ext")

@@ -9,11 +9,17 @@ from conftest import build_extension
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 
 
-@pytest.fixture(scope="module")
-def blobs(tmp_path_factory):
-    return build_extension(
-        "blobs", ["blobs.c"], tmp_path_factory.mktemp("blobs"), EXAMPLES / "c_extension"
+@pytest.fixture(scope="module", params=["version-specific", "limited-api"])
+def blobs(request, tmp_path_factory):
+    """The example, built as usual and as an abi3 extension: membuf.h works
+    under Py_LIMITED_API (3.11) too."""
+    limited = request.param == "limited-api"
+    module = build_extension(
+        "blobs", ["blobs.c"], tmp_path_factory.mktemp("blobs"), EXAMPLES / "c_extension",
+        limited_api=limited,
     )
+    assert module.__file__.endswith(".abi3.so") == limited
+    return module
 
 
 def test_blob_is_wrapped_without_copy_and_freed_once(blobs):
