@@ -325,6 +325,19 @@ def test_cursor_context_manager_releases_the_last_row(db):
     cur.close()  # idempotent
 
 
+def test_cursor_context_manager_refuses_to_close_under_a_view(db):
+    view = None
+    with pytest.raises(BufferError, match=COPY_OR_RELEASE):
+        with db.execute("SELECT data FROM t WHERE id = 1") as cur:
+            (buf,) = next(cur)
+            view = memoryview(buf)
+    assert not cur.closed and not buf.released
+    assert view.tobytes() == b"\xff"
+    view.release()
+    cur.close()
+    assert cur.closed and buf.released
+
+
 def test_exhausted_cursor_stays_exhausted(db):
     cur = db.execute("SELECT id FROM t WHERE id = 1")
     assert list(cur) == [(1,)]
