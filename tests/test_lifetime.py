@@ -222,6 +222,32 @@ def test_many_buffers_each_once(fakelib):
     assert [fakelib.releases(i) for i in ids] == [1] * 50
 
 
+def test_objects_give_back_their_type_reference(fakelib):
+    """In the abi3 build Buffer is a heap type: every object, live or on the
+    free list, holds a reference to it and gives it back when freed.  (In the
+    default build the type is static and the count is trivially flat.)"""
+    def churn():
+        bufs = [fakelib.new(N)[0] for _ in range(100)]            # compact, free list
+        bufs += [spec_buffer(fakelib, 16, format="i", ndim=2, shape=(2, 2))[0] for _ in range(20)]
+        bufs += [b[1:] for b in bufs[:20]]                        # slices own their parent
+        owned = membuf.from_address(0, 0, owner=bufs)             # tracked, with an owner
+        bufs.append(owned)
+        bufs.append(membuf.from_address(0, 0, on_release=lambda: None))
+        for b in bufs[::2]:
+            b.release(defer=True)
+        del bufs, owned, b
+        gc.collect()
+
+    churn()  # fills the free list
+    membuf._membuf._clear_freelist()
+    before = sys.getrefcount(membuf.Buffer)
+    for _ in range(3):
+        churn()
+    membuf._membuf._clear_freelist()
+    after = sys.getrefcount(membuf.Buffer)  # not inside assert: pytest would hold the type
+    assert after == before
+
+
 def test_release_from_another_thread(fakelib):
     threads = []
     box = []
