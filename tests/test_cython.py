@@ -401,3 +401,19 @@ def test_import_membuf(cy, monkeypatch):
     assert buf.nbytes == 16
     del buf
     assert cy.noimport.callback_count() == 2
+
+
+def test_numpy_reads_a_typed_buffer_with_its_format_and_shape(cy):
+    np = pytest.importorskip("numpy")
+    m = cy.typed.zeros(3, 4)
+    cy.typed.fill(m)
+    arr = np.asarray(m)
+    assert (arr.shape, arr.dtype, arr.flags.writeable) == ((3, 4), np.float64, True)
+    assert arr.ctypes.data == m.address
+    arr[2, 3] = -1.0
+    assert memoryview(m)[2, 3] == -1.0
+    with pytest.raises(BufferError, match="1 exported buffer"):
+        m.release()
+    del arr
+    m.release()
+    assert m.released
