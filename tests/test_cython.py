@@ -18,6 +18,7 @@ import importlib.util
 import io
 import pathlib
 import re
+import subprocess
 import sys
 import weakref
 
@@ -98,7 +99,8 @@ def cy(tmp_path_factory):
         pass
 
     mods = Modules()
-    for name in MODULES:
+    mods.build_dir = build_dir
+    for name in MODULES[:-1]:  # cy_noimport runs in a fresh interpreter
         (path,) = build_dir.glob(f"{name}*.so")
         setattr(mods, name.removeprefix("cy_"), load(name, path))
     return mods
@@ -109,11 +111,23 @@ def cy(tmp_path_factory):
 # --------------------------------------------------------------------------
 
 
-def test_strict_build_fails_on_a_cython_warning(tmp_path):
-    source = tmp_path / "warns.pyx"
+@pytest.fixture(scope="session")
+def planted_warning(tmp_path_factory):
+    """What cythonize_strict says about a module with an unused variable
+    (once per session: Cython keeps per-file caches)."""
+    tmp = tmp_path_factory.mktemp("cython-canary")
+    source = tmp / "warns.pyx"
     source.write_text("def f():\n    cdef int never_used\n    return 1\n")
-    with pytest.raises(AssertionError, match="Unused entry 'never_used'"):
-        cythonize_strict([str(source)], tmp_path / "c")
+    try:
+        cythonize_strict([str(source)], tmp / "c")
+    except AssertionError as exc:
+        return str(exc)
+    return None
+
+
+def test_strict_build_fails_on_a_cython_warning(planted_warning):
+    assert planted_warning is not None
+    assert re.search(r"warns\.pyx:2:\d+: Unused entry 'never_used'", planted_warning)
 
 
 def test_the_pxd_is_installed_next_to_the_package():
@@ -385,22 +399,50 @@ def test_wrong_item_type_is_refused(cy):
 # --------------------------------------------------------------------------
 
 
-def test_import_membuf(cy, monkeypatch):
-    # Before import_membuf(): RuntimeError, and the callback has run.
-    with pytest.raises(RuntimeError, match=r"before import_membuf\(\) was called"):
-        cy.noimport.wrap()
-    assert cy.noimport.callback_count() == 1
-    # A broken membuf: ImportError naming the capsule, its cause attached.
-    monkeypatch.delattr(sys.modules["membuf._membuf"], "_C_API")
-    with pytest.raises(ImportError, match=r"could not import the membuf C API") as info:
-        cy.noimport.do_import()
-    assert isinstance(info.value.__cause__, AttributeError)
-    monkeypatch.undo()
-    assert cy.noimport.do_import() == 0
-    buf = cy.noimport.wrap()
-    assert buf.nbytes == 16
-    del buf
-    assert cy.noimport.callback_count() == 2
+NOIMPORT_SCRIPT = """
+import importlib.util, sys
+import membuf
+
+spec = importlib.util.spec_from_file_location("cy_noimport", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+try:
+    mod.wrap()
+except RuntimeError as exc:
+    print("RuntimeError:", exc, "| callbacks", mod.callback_count())
+api = sys.modules["membuf._membuf"]._C_API
+del sys.modules["membuf._membuf"]._C_API
+try:
+    mod.do_import()
+except ImportError as exc:
+    print("ImportError:", exc, "| cause", type(exc.__cause__).__name__)
+sys.modules["membuf._membuf"]._C_API = api
+print("import:", mod.do_import())
+buf = mod.wrap()
+print("nbytes", buf.nbytes, "readonly", buf.readonly)
+del buf
+print("callbacks", mod.callback_count())
+"""
+
+
+def test_import_membuf(cy):
+    # A fresh interpreter: a module imports the API once per process.
+    (path,) = cy.build_dir.glob("cy_noimport*.so")
+    run = subprocess.run(
+        [sys.executable, "-c", NOIMPORT_SCRIPT, str(path)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        # before import_membuf(): RuntimeError, and the callback has run
+        "RuntimeError: membuf C API used before import_membuf() was called in this module"
+        " | callbacks 1",
+        # a broken membuf: ImportError naming the capsule, the cause attached
+        "ImportError: could not import the membuf C API membuf._membuf._C_API:"
+        " module 'membuf._membuf' has no attribute '_C_API' | cause AttributeError",
+        "import: 0",
+        "nbytes 16 readonly True",
+        "callbacks 2",
+    ]
 
 
 def test_numpy_reads_a_typed_buffer_with_its_format_and_shape(cy):

@@ -9,10 +9,10 @@ picture.  A block of any other kind, or with an unknown annotation, fails.
 """
 
 import doctest
-import importlib.util
 import pathlib
 import re
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -218,24 +218,27 @@ def test_cffi_new_owner_keeps_the_array_alive():
 # --------------------------------------------------------------------------
 
 
-def test_cython_setup_py_recipe_builds(tmp_path, monkeypatch):
+def test_cython_setup_py_recipe_builds(tmp_path):
+    # `python setup.py build_ext --inplace`, then use the module, as a user
+    # would; in subprocesses, so that each run builds and loads a fresh module.
     pytest.importorskip("Cython")
     (script,) = [b for b in BLOCKS if b.note == BUILT]
+    (tmp_path / "setup.py").write_text(script.code)
     shutil.copy(CYTHON_DIR / "cy_getbuf.pyx", tmp_path / "mylib.pyx")
     for name in ("blobsource.c", "blobsource.h"):
         shutil.copy(CYTHON_DIR / name, tmp_path / name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(
-        sys, "argv", ["setup.py", "-q", "build_ext", "--inplace", "--build-temp", "build"]
+    build = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=tmp_path, capture_output=True, text=True,
     )
-    exec(compile(script.code, "setup.py", "exec"), {"__name__": "__main__"})
-    (path,) = tmp_path.glob("mylib*.so")
-    spec = importlib.util.spec_from_file_location("mylib", path)
-    mylib = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mylib)
-
-    buf = mylib.getbuf(5)
-    assert memoryview(buf).tobytes() == b"\x00\x01\x02\x03\x04"
-    assert buf.address == mylib.last_address()
-    del buf
-    assert mylib.freed() == 1
+    assert build.returncode == 0, build.stdout + build.stderr
+    check = (
+        "import mylib\n"
+        "buf = mylib.getbuf(5)\n"
+        "print(memoryview(buf).tobytes(), buf.address == mylib.last_address(), mylib.freed())\n"
+        "del buf\n"
+        "print(mylib.freed())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "b'\\x00\\x01\\x02\\x03\\x04' True 0\n1\n"
