@@ -13,6 +13,7 @@ import sqlite3
 import sys
 from contextlib import closing
 
+import numpy as np
 import pytest
 
 import membuf
@@ -156,7 +157,6 @@ def test_parameters_are_bound(db):
 
 
 def test_buffer_wraps_the_memory_sqlite3_column_blob_returned(db):
-    np = pytest.importorskip("numpy")
     cur = db.execute("SELECT data FROM t WHERE id IN (1, 2) ORDER BY id")
     for size in (1, MIB):
         (buf,) = next(cur)
@@ -283,7 +283,6 @@ def test_a_slice_counts_as_a_view(db):
 
 
 def test_numpy_array_works_while_current_and_blocks_the_step(db):
-    np = pytest.importorskip("numpy")
     cur = db.execute("SELECT id, data FROM t WHERE id IN (2, 3) ORDER BY id")
     _, buf = next(cur)
     arr = np.frombuffer(buf, dtype=np.uint64)
