@@ -111,11 +111,15 @@ def managed(capsule):
     return kind.from_address(pointer)
 
 
+# The capsule keeps the name pointer: these bytes live as long as the module.
+USED_NAMES = {"dltensor": b"used_dltensor", "dltensor_versioned": b"used_dltensor_versioned"}
+
+
 def consume(capsule):
     """Take the tensor over as a consumer does: rename the capsule, so that
     the duty to call the deleter is ours.  Returns the managed tensor."""
     tensor = managed(capsule)
-    assert _api.PyCapsule_SetName(capsule, b"used_" + capsule_name(capsule).encode()) == 0
+    assert _api.PyCapsule_SetName(capsule, USED_NAMES[capsule_name(capsule)]) == 0
     return tensor
 
 
