@@ -205,6 +205,15 @@ def test_zero_dim_and_empty_tensors(fakelib):
     assert arr.shape == (0, 5) and arr.dtype == np.int16
     del arr
     assert released_cleanly(fakelib, empty, empty_id)
+    # an empty layout may have dimensions whose product overflows
+    huge = fakelib.from_spec(fakelib.alloc(0), format="d", ndim=3, shape=(0, 2**62, 2**62),
+                             flags=fakelib.WRITABLE)
+    t = managed(cap := huge.__dlpack__(max_version=(1, 0)))
+    fields = tensor_fields(t.dl_tensor)
+    assert fields["shape"] == (0, 2**62, 2**62)
+    assert fields["strides"][2] == 1 and all(s > 0 for s in fields["strides"])
+    del cap, t
+    huge.release()
 
 
 # ---------------------------------------------------------------------------

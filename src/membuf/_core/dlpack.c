@@ -195,7 +195,11 @@ fill_dims(const MemBufObject *self, int contiguous_copy, int64_t *shape, int64_t
         else {
             strides[i] = stride / self->itemsize;
         }
-        c_stride *= self->shape[i] > 0 ? self->shape[i] : 1;
+        /* Bounded by the memory unless the layout is empty; then the
+         * strides are never used and only must not overflow. */
+        if (self->shape[i] > 1 && c_stride <= INT64_MAX / self->shape[i]) {
+            c_stride *= self->shape[i];
+        }
     }
     return 0;
 }
