@@ -10,7 +10,6 @@ import gc
 import importlib.metadata
 import os
 import pathlib
-import pickle
 import re
 import subprocess
 import sys
@@ -647,23 +646,6 @@ def test_buffer_is_weakrefable():
     gc.collect()
     assert ref() is None
     assert called == [ref]
-
-
-@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
-def test_pickling_is_refused(protocol):
-    buf, _, _ = wrap()
-    with pytest.raises(TypeError, match="pickle"):
-        pickle.dumps(buf, protocol)
-
-
-def test_copy_is_refused():
-    import copy
-
-    buf, _, _ = wrap()
-    with pytest.raises(TypeError):
-        copy.copy(buf)
-    with pytest.raises(TypeError):
-        copy.deepcopy(buf)
 
 
 def test_module_namespace():

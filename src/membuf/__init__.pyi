@@ -1,8 +1,8 @@
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, final, overload
+from typing import Any, SupportsIndex, final, overload
 
-from typing_extensions import Buffer as _BufferLike, Self
+from typing_extensions import Buffer as _BufferLike, CapsuleType, Self
 
 __version__: str
 ABI_VERSION: int
@@ -58,6 +58,16 @@ class Buffer:
     def __setitem__(self, key: int | slice, value: Any) -> None: ...
     def __eq__(self, other: object) -> bool: ...
     def __ne__(self, other: object) -> bool: ...
+    def __reduce_ex__(self, protocol: SupportsIndex, /) -> tuple[Any, ...]: ...
+    def __dlpack__(
+        self,
+        *,
+        stream: None = None,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> CapsuleType: ...
+    def __dlpack_device__(self) -> tuple[int, int]: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
     def __release_buffer__(self, buffer: memoryview, /) -> None: ...
     __hash__: None  # type: ignore[assignment]

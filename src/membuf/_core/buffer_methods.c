@@ -400,6 +400,15 @@ PyMethodDef membuf_methods[] = {
     {"__enter__", (PyCFunction)membuf_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))membuf_exit, METH_FASTCALL,
      "Strict release() at the end of the with block."},
+    {"__reduce_ex__", (PyCFunction)membuf_reduce_ex, METH_O,
+     "Pickle support: protocol 5 hands the memory out-of-band as a PickleBuffer."},
+    {"__dlpack__", (PyCFunction)(void (*)(void))membuf_dlpack, METH_VARARGS | METH_KEYWORDS,
+     "__dlpack__(*, stream=None, max_version=None, dl_device=None, copy=None)\n--\n\n"
+     "A DLPack capsule over the memory (array API standard): versioned when\n"
+     "max_version >= (1, 0), legacy otherwise.  Holds an export until the\n"
+     "consumer lets go; copy=True exports a private copy instead."},
+    {"__dlpack_device__", (PyCFunction)membuf_dlpack_device, METH_NOARGS,
+     "__dlpack_device__()\n--\n\n(1, 0): kDLCPU, device 0."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -41,6 +41,15 @@ itemsize_of_format(const char *format)
         default: break;
         }
     }
+    /* PEP 3118 complex formats, which NumPy exports and the struct module
+     * does not know: single items only, with any byte-order prefix. */
+    code = strchr("@=<>!", format[0]) != NULL && format[0] != '\0' ? format + 1 : format;
+    if (strcmp(code, "Zf") == 0) {
+        return 2 * (Py_ssize_t)sizeof(float);
+    }
+    if (strcmp(code, "Zd") == 0) {
+        return 2 * (Py_ssize_t)sizeof(double);
+    }
     Py_ssize_t size = PyBuffer_SizeFromFormat(format);
     if (size < 0) {
         if (PyErr_ExceptionMatches(PyExc_MemoryError)) {

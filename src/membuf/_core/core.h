@@ -6,6 +6,8 @@
  *   buffer_methods.c   what Python sees: attributes, len/index/slice, ==,
  *                      repr, tobytes, hex, release(), context manager
  *   capi.c             the versioned C API table behind the capsule
+ *   pickle.c           __reduce_ex__ and _rebuild (pickle protocol 5 out-of-band)
+ *   dlpack.c           __dlpack__ and __dlpack_device__ (DLPack 1.x and legacy)
  *   module.c           module init (multi-phase) and from_address()
  */
 #ifndef MEMBUF_CORE_H
@@ -173,6 +175,14 @@ int membuf_refuse(MemBufObject *self);
 /* Raise exc with the message "<format % ...>, not <name of obj's type>";
  * returns -1.  (The limited API cannot read tp_name: it uses __name__.) */
 int membuf_type_error(PyObject *exc, PyObject *obj, const char *format, ...);
+
+/* pickle.c */
+PyObject *membuf_reduce_ex(MemBufObject *self, PyObject *protocol);
+PyObject *membuf_rebuild(PyObject *module, PyObject *args);
+
+/* dlpack.c */
+PyObject *membuf_dlpack(MemBufObject *self, PyObject *args, PyObject *kwargs);
+PyObject *membuf_dlpack_device(MemBufObject *self, PyObject *unused);
 
 /* Format string for exports and attributes. */
 static inline const char *

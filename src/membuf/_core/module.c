@@ -185,6 +185,9 @@ clear_freelist(PyObject *module, PyObject *unused)
 }
 
 static PyMethodDef module_methods[] = {
+    {"_rebuild", membuf_rebuild, METH_VARARGS,
+     "_rebuild(data, format, shape, readonly)\n--\n\n"
+     "Unpickle a Buffer: wrap data's memory (kept alive as owner) without copying."},
     {"_clear_freelist", clear_freelist, METH_NOARGS,
      "Empty the free list of Buffer objects (for allocation-failure tests)."},
     {"address_of", (PyCFunction)address_of, METH_O,

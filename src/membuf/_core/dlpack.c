@@ -1,0 +1,324 @@
+/* DLPack: Buffer.__dlpack__() and Buffer.__dlpack_device__(), following the
+ * Python array API standard.  CPU memory only.
+ *
+ * Ownership: every capsule owns one heap block (dlpack_export) holding the
+ * managed tensor, its shape and strides, and either an export of the Buffer
+ * (zero-copy: the Buffer cannot be strictly released while the consumer
+ * lives, and a deferred release completes when it lets go) or a private copy
+ * of the contents (copy=True).  The block is freed exactly once, by the
+ * deleter: called by the consumer once it has renamed the capsule to
+ * "used_dltensor(_versioned)", or by the capsule's destructor if no consumer
+ * ever took it.
+ *
+ * Only limited-API calls (Py_LIMITED_API 3.11) are used here.
+ */
+#include "core.h"
+
+#include <string.h>
+
+#include "dlpack.h"
+
+#define LEGACY_NAME "dltensor"
+#define VERSIONED_NAME "dltensor_versioned"
+
+typedef struct {
+    /* First member: the deleter's argument is also the block to free. */
+    union {
+        DLManagedTensor legacy;
+        DLManagedTensorVersioned versioned;
+    } tensor;
+    Py_buffer view; /* an export of the Buffer while view.obj != NULL */
+    void *copy;     /* copy=True: the contents, C order (PyMem_Malloc) */
+    int64_t dims[]; /* shape[ndim], then strides[ndim] in items */
+} dlpack_export;
+
+/* ------------------------------------------------------------------------ */
+/* Deleters                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Consumers may call the deleter from any thread, with or without the GIL
+ * (PyTorch frees tensors from its own threads): take it before touching
+ * the Buffer.  (PyMem_* needs the GIL, too.) */
+static void
+export_free(dlpack_export *ex)
+{
+    if (!Py_IsInitialized()) {
+        return; /* the interpreter, and the Buffer with it, are gone */
+    }
+    PyGILState_STATE gil = PyGILState_Ensure();
+    if (ex->view.obj != NULL) {
+        PyBuffer_Release(&ex->view); /* may complete a deferred release */
+    }
+    PyMem_Free(ex->copy);
+    PyMem_Free(ex);
+    PyGILState_Release(gil);
+}
+
+static void
+legacy_deleter(DLManagedTensor *tensor)
+{
+    export_free((dlpack_export *)tensor->manager_ctx);
+}
+
+static void
+versioned_deleter(DLManagedTensorVersioned *tensor)
+{
+    export_free((dlpack_export *)tensor->manager_ctx);
+}
+
+/* A consumer renames the capsule when it takes the tensor over (and then
+ * calls the deleter itself); a capsule still under its first name was never
+ * consumed, and its tensor is ours to delete. */
+static void
+capsule_destructor(PyObject *capsule)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (PyCapsule_IsValid(capsule, LEGACY_NAME)) {
+        DLManagedTensor *tensor = PyCapsule_GetPointer(capsule, LEGACY_NAME);
+        tensor->deleter(tensor);
+    }
+    else if (PyCapsule_IsValid(capsule, VERSIONED_NAME)) {
+        DLManagedTensorVersioned *tensor = PyCapsule_GetPointer(capsule, VERSIONED_NAME);
+        tensor->deleter(tensor);
+    }
+    PyErr_Restore(type, value, tb);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Arguments                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* A tuple of two ints, or -1 with TypeError naming the argument. */
+static int
+int_pair(PyObject *obj, const char *name, long *first, long *second)
+{
+    if (!PyTuple_Check(obj) || PyTuple_Size(obj) != 2) {
+        return membuf_type_error(PyExc_TypeError, obj,
+                                 "%s must be None or a tuple of two ints", name);
+    }
+    long values[2];
+    for (Py_ssize_t i = 0; i < 2; i++) {
+        PyObject *item = PyTuple_GetItem(obj, i);
+        if (!PyLong_Check(item)) {
+            return membuf_type_error(PyExc_TypeError, item,
+                                     "%s must be None or a tuple of two ints", name);
+        }
+        values[i] = PyLong_AsLong(item);
+        if (values[i] == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    *first = values[0];
+    *second = values[1];
+    return 0;
+}
+
+/* The DLPack data type of self's format, or -1 with BufferError.  Only
+ * native byte order: DLPack has no other. */
+static int
+dtype_of(const MemBufObject *self, DLDataType *dtype)
+{
+    const char *format = membuf_format(self);
+    const char *code = format;
+#if PY_LITTLE_ENDIAN
+    if (code[0] == '@' || code[0] == '=' || code[0] == '<') {
+#else
+    if (code[0] == '@' || code[0] == '=' || code[0] == '>' || code[0] == '!') {
+#endif
+        code++;
+    }
+    int kind = -1;
+    if (code[0] != '\0' && code[1] == '\0') {
+        switch (code[0]) {
+        case 'b': case 'h': case 'i': case 'l': case 'q': case 'n': kind = kDLInt; break;
+        case 'B': case 'H': case 'I': case 'L': case 'Q': case 'N': kind = kDLUInt; break;
+        case 'e': case 'f': case 'd': kind = kDLFloat; break;
+        case '?': kind = kDLBool; break;
+        default: break;
+        }
+    }
+    else if (strcmp(code, "Zf") == 0 || strcmp(code, "Zd") == 0) {
+        kind = kDLComplex;
+    }
+    if (kind < 0) {
+        PyErr_Format(PyExc_BufferError,
+                     "membuf.Buffer: format '%.200s' has no DLPack data type (supported: native "
+                     "b h i l q n, B H I L Q N, e f d, ?, Zf Zd)", format);
+        return -1;
+    }
+    dtype->code = (uint8_t)kind;
+    dtype->bits = (uint8_t)(self->itemsize * 8); /* itemsize <= 16 here */
+    dtype->lanes = 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* __dlpack__                                                               */
+/* ------------------------------------------------------------------------ */
+
+/* Fill shape and strides (in items) of the exported tensor.  A stride that
+ * never moves to another element (the dimension has at most one item, or
+ * the layout none at all) is exported as the C-contiguous one; any other
+ * stride must be a whole number of items, else -1 with BufferError. */
+static int
+fill_dims(const MemBufObject *self, int contiguous_copy, int64_t *shape, int64_t *strides)
+{
+    int64_t c_stride = 1;
+    for (int i = self->ndim - 1; i >= 0; i--) {
+        Py_ssize_t stride = self->strides[i];
+        shape[i] = self->shape[i];
+        if (contiguous_copy || self->shape[i] <= 1 || self->nbytes == 0) {
+            strides[i] = c_stride;
+        }
+        else if (stride % self->itemsize != 0) {
+            PyErr_Format(PyExc_BufferError,
+                         "membuf.Buffer: stride %zd of dimension %d is not a multiple of the item "
+                         "size %zd; DLPack counts strides in items", stride, i, self->itemsize);
+            return -1;
+        }
+        else {
+            strides[i] = stride / self->itemsize;
+        }
+        /* Bounded by the memory unless the layout is empty; then the
+         * strides are never used and only must not overflow. */
+        if (self->shape[i] > 1 && c_stride <= INT64_MAX / self->shape[i]) {
+            c_stride *= self->shape[i];
+        }
+    }
+    return 0;
+}
+
+PyObject *
+membuf_dlpack(MemBufObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"stream", "max_version", "dl_device", "copy", NULL};
+    PyObject *stream = Py_None, *max_version = Py_None, *dl_device = Py_None, *copy = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOO:__dlpack__", names, &stream,
+                                     &max_version, &dl_device, &copy)) {
+        return NULL;
+    }
+    long major = 0, minor = 0, device_type = kDLCPU, device_id = 0;
+    if (max_version != Py_None && int_pair(max_version, "max_version", &major, &minor) < 0) {
+        return NULL;
+    }
+    if (dl_device != Py_None && int_pair(dl_device, "dl_device", &device_type, &device_id) < 0) {
+        return NULL;
+    }
+    if (copy != Py_None && !PyBool_Check(copy)) {
+        membuf_type_error(PyExc_TypeError, copy, "copy must be None, True or False");
+        return NULL;
+    }
+    if (device_type != kDLCPU || device_id != 0) {
+        PyErr_Format(PyExc_BufferError,
+                     "membuf.Buffer: cannot export to DLPack device (%ld, %ld); the memory is on "
+                     "the CPU, device (1, 0)", device_type, device_id);
+        return NULL;
+    }
+    if (stream != Py_None) {
+        membuf_type_error(PyExc_BufferError, stream,
+                          "membuf.Buffer: stream must be None for CPU memory");
+        return NULL;
+    }
+    /* Argument conversion ran __index__: check the Buffer only now. */
+    if (MB_REFUSES_WORK(self)) {
+        membuf_refuse(self);
+        return NULL;
+    }
+    int versioned = major >= 1;
+    int do_copy = copy == Py_True;
+    int readonly = !(self->flags & MEMBUF_WRITABLE);
+    DLDataType dtype;
+    if (dtype_of(self, &dtype) < 0) {
+        return NULL;
+    }
+    if (readonly && !versioned && !do_copy) {
+        PyErr_SetString(PyExc_BufferError,
+                        "membuf.Buffer: cannot export read-only memory as a legacy DLPack tensor "
+                        "(it has no read-only flag); pass max_version=(1, 0)");
+        return NULL;
+    }
+
+    int ndim = self->ndim;
+    dlpack_export *ex = PyMem_Calloc(1, sizeof(dlpack_export) + 2 * (size_t)ndim *
+                                                                       sizeof(int64_t));
+    if (ex == NULL) {
+        return PyErr_NoMemory();
+    }
+    int64_t *shape = ex->dims, *strides = ex->dims + ndim;
+    if (fill_dims(self, do_copy, shape, strides) < 0) {
+        PyMem_Free(ex);
+        return NULL;
+    }
+    void *data;
+    if (do_copy) {
+        Py_buffer view;
+        if (PyObject_GetBuffer((PyObject *)self, &view, PyBUF_FULL_RO) < 0) {
+            PyMem_Free(ex);
+            return NULL;
+        }
+        ex->copy = PyMem_Malloc(view.len > 0 ? (size_t)view.len : 1);
+        int rc = ex->copy != NULL ? PyBuffer_ToContiguous(ex->copy, &view, view.len, 'C') : -1;
+        PyBuffer_Release(&view);
+        if (rc < 0) {
+            if (ex->copy == NULL) {
+                PyErr_NoMemory();
+            }
+            PyMem_Free(ex->copy);
+            PyMem_Free(ex);
+            return NULL;
+        }
+        data = ex->copy;
+    }
+    else {
+        /* The export the capsule holds until the deleter runs. */
+        int flags = readonly ? PyBUF_RECORDS_RO : PyBUF_RECORDS;
+        if (PyObject_GetBuffer((PyObject *)self, &ex->view, flags) < 0) {
+            PyMem_Free(ex);
+            return NULL;
+        }
+        data = ex->view.buf;
+    }
+
+    DLTensor *tensor = versioned ? &ex->tensor.versioned.dl_tensor : &ex->tensor.legacy.dl_tensor;
+    tensor->data = data;
+    tensor->device.device_type = kDLCPU;
+    tensor->device.device_id = 0;
+    tensor->ndim = ndim;
+    tensor->dtype = dtype;
+    tensor->shape = shape;
+    tensor->strides = strides;
+    tensor->byte_offset = 0;
+    void *pointer;
+    const char *name;
+    if (versioned) {
+        ex->tensor.versioned.version.major = MB_DLPACK_MAJOR;
+        ex->tensor.versioned.version.minor = MB_DLPACK_MINOR;
+        ex->tensor.versioned.manager_ctx = ex;
+        ex->tensor.versioned.deleter = versioned_deleter;
+        ex->tensor.versioned.flags = do_copy    ? DLPACK_FLAG_BITMASK_IS_COPIED
+                                     : readonly ? DLPACK_FLAG_BITMASK_READ_ONLY
+                                                : 0;
+        pointer = &ex->tensor.versioned;
+        name = VERSIONED_NAME;
+    }
+    else {
+        ex->tensor.legacy.manager_ctx = ex;
+        ex->tensor.legacy.deleter = legacy_deleter;
+        pointer = &ex->tensor.legacy;
+        name = LEGACY_NAME;
+    }
+    PyObject *capsule = PyCapsule_New(pointer, name, capsule_destructor);
+    if (capsule == NULL) {
+        export_free(ex);
+    }
+    return capsule;
+}
+
+PyObject *
+membuf_dlpack_device(MemBufObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return Py_BuildValue("(ii)", kDLCPU, 0);
+}
