@@ -310,6 +310,41 @@ def test_user_may_release_a_buffer_early(db):
     assert list(cur) == []
 
 
+def test_reentrant_next_or_close_while_building_a_row_is_refused(db):
+    # Building a row allocates; an allocation may run a collection, and a gc
+    # callback (or a finalizer) may run any code, e.g. next() on this cursor.
+    # 40 Buffers: more than membuf's free list (32) can serve, so with the
+    # threshold at 1 the row's own allocations start at least one collection.
+    blobs = [bytes([i]) for i in range(40)]
+    cur = db.execute("SELECT " + ", ".join(f"x'{b.hex()}'" for b in blobs))
+    armed = False
+    refused = []
+
+    def callback(phase, info):
+        if armed and phase == "start":
+            for attempt in (lambda: next(cur), cur.close):
+                with pytest.raises(RuntimeError, match="while the cursor is building a row"):
+                    attempt()
+            refused.append(info["generation"])
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(callback)
+    try:
+        gc.set_threshold(1)
+        armed = True
+        row = next(cur)  # only this call: unpacking a tuple may collect too
+        armed = False
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(callback)
+    assert refused  # the callback ran inside next(), and was refused
+    assert [bytes(b) for b in row] == blobs
+    assert not any(b.released for b in row)
+    assert cur.column_blob_address(39) == row[39].address
+    assert list(cur) == []
+    assert all(b.released for b in row)
+
+
 # --- close, context managers, lifetime ------------------------------------
 
 
@@ -412,6 +447,14 @@ def test_error_while_stepping_finalizes_the_statement(sqlite_blobs, db):
     assert cur.closed
     with pytest.raises(StopIteration):
         next(cur)
+
+
+def test_text_that_is_not_utf8_fails_its_row_only(db):
+    cur = db.execute("SELECT CAST(x'ff' AS TEXT), x'01' UNION ALL SELECT 'ok', x'02'")
+    with pytest.raises(UnicodeDecodeError, match="invalid start byte"):
+        next(cur)  # the row's Buffer made before the error is released with it
+    text, buf = next(cur)
+    assert (text, bytes(buf)) == ("ok", b"\x02")
 
 
 def test_connect_errors(sqlite_blobs, tmp_path):

@@ -247,6 +247,7 @@ typedef struct {
     PyObject *columns;      /* tuple of column names */
     int copy;               /* BLOBs as bytes copies instead of Buffers */
     int on_row;             /* stmt points at a row (sqlite3_step gave SQLITE_ROW) */
+    int busy;               /* inside next(): refuse re-entrant next() / close() */
     int nlive;              /* entries in live[] */
     PyObject **live;        /* borrowed, see INVARIANTS at the top */
 } CursorObject;
@@ -315,6 +316,7 @@ connection_execute(ConnectionObject *self, PyObject *args, PyObject *kwargs)
     cur->columns = columns;
     cur->copy = copy;
     cur->on_row = 0;
+    cur->busy = 0;
     cur->nlive = ncols;
     cur->live = live;
     return (PyObject *)cur;
@@ -498,11 +500,8 @@ make_row(CursorObject *self)
 }
 
 static PyObject *
-cursor_iternext(CursorObject *self)
+step(CursorObject *self)
 {
-    if (self->stmt == NULL) {
-        return NULL; /* exhausted, failed or closed: StopIteration */
-    }
     if (self->conn->db == NULL) {
         PyErr_SetString(Error, "sqlite_blobs.Cursor: cannot step: the Connection is closed");
         return NULL;
@@ -523,10 +522,44 @@ cursor_iternext(CursorObject *self)
     return NULL;
 }
 
+/* Building a row allocates, and an allocation may run a garbage collection,
+ * whose finalizers and gc.callbacks may run any Python code: such code must
+ * not step or finalize the statement under the row being built. */
+static int
+refuse_reentry(CursorObject *self, const char *what)
+{
+    if (self->busy) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "sqlite_blobs.Cursor: %s called while the cursor is building a row (from a "
+                     "finalizer or gc callback)",
+                     what);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+cursor_iternext(CursorObject *self)
+{
+    if (refuse_reentry(self, "next()") < 0) {
+        return NULL;
+    }
+    if (self->stmt == NULL) {
+        return NULL; /* exhausted, failed or closed: StopIteration */
+    }
+    self->busy = 1;
+    PyObject *row = step(self);
+    self->busy = 0;
+    return row;
+}
+
 static PyObject *
 cursor_close(CursorObject *self, PyObject *unused)
 {
     (void)unused;
+    if (refuse_reentry(self, "close()") < 0) {
+        return NULL;
+    }
     if (self->stmt == NULL) {
         Py_RETURN_NONE;
     }
