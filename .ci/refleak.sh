@@ -57,6 +57,10 @@ import _testcapi, _testbuffer
 assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' >/dev/null 2>&1
 }
 
+# examples/sqlite_blobs (built by the tests) links the system SQLite.
+dpkg-query -W -f='${Status}' libsqlite3-dev 2>/dev/null | grep -q 'ok installed' ||
+    { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsqlite3-dev >/dev/null; }
+
 echo "== debug CPython"
 if ! have_debug_python || ! command -v cc >/dev/null 2>&1; then
     # python3.11-dbg: python3.11d, its headers and _testcapi/_testbuffer;

@@ -26,7 +26,7 @@ log() { printf '== %s\n' "$*"; }
 
 # --- system packages -----------------------------------------------------
 need=()
-for pkg in gcc libc6-dev binutils python3.11-dev python3.11-venv; do
+for pkg in gcc libc6-dev binutils python3.11-dev python3.11-venv libsqlite3-dev; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need+=("$pkg")
 done
 if ((${#need[@]})); then
