@@ -622,3 +622,40 @@ def test_torch_read_only_buffer_goes_versioned(fakelib):
     assert tensor.tolist() == list(struct.unpack("5d", fakelib_bytes(40)))
     del tensor
     assert released_cleanly(fakelib, buf, block_id)
+
+
+# ---------------------------------------------------------------------------
+# interpreter exit
+# ---------------------------------------------------------------------------
+
+EXIT_SCRIPT = r"""
+import ctypes, functools, os, sys
+import numpy as np
+import membuf
+mem = ctypes.create_string_buffer(16)
+on_release = functools.partial(os.write, 1, b"released\n")  # no cycle through globals
+buf = membuf.from_address(ctypes.addressof(mem), 16, owner=mem, on_release=on_release)
+if sys.argv[1] == "numpy":
+    arr = np.from_dlpack(buf)                  # a consumer holds the export
+else:
+    cap = buf.__dlpack__(max_version=(1, 0))   # a capsule nobody consumed
+assert buf.exports == 1
+"""
+
+
+@pytest.mark.parametrize("holder", ["numpy", "capsule"])
+def test_export_alive_at_exit_ends_and_the_callback_runs(tmp_path, holder):
+    """Module globals are cleared at exit after Py_IsInitialized() turns
+    false: the deleter still ends the export on the finalizing thread, so the
+    Buffer's callback runs, as with a memoryview.  The abi3 build (no
+    PyGILState_Check in the 3.11 limited API) leaves it alone instead, as
+    documented in the README."""
+    import subprocess
+
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), holder], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    expected = "" if membuf._membuf.LIMITED_API else "released\n"
+    assert result.stdout == expected

@@ -222,6 +222,39 @@ def test_many_buffers_each_once(fakelib):
     assert [fakelib.releases(i) for i in ids] == [1] * 50
 
 
+def test_deep_drop_is_not_held_up_by_another_threads_release():
+    """A thread whose on_release waits (GIL released) inside a deallocation
+    must not delay deallocations in other threads: the root callback of a
+    chain dropped by the main thread runs there, at once (per-thread
+    trashcan, in both builds)."""
+    ba = bytearray(64)
+    inside, go = threading.Event(), threading.Event()
+    released_in = []
+
+    def waiting_release():
+        inside.set()
+        go.wait(30)  # a handshake, not a timing: set below after the check
+
+    def drop_in_thread():
+        b = membuf.from_address(membuf.address_of(ba), 64, owner=ba, on_release=waiting_release)
+        del b
+
+    thread = threading.Thread(target=drop_in_thread)
+    thread.start()
+    try:
+        inside.wait()
+        chain = membuf.from_address(membuf.address_of(ba), 64, owner=ba,
+                                    on_release=lambda: released_in.append(
+                                        threading.current_thread().name))
+        for _ in range(200):
+            chain = membuf.from_address(membuf.address_of(ba), 64, owner=chain)
+        del chain
+        assert released_in == [threading.current_thread().name]
+    finally:
+        go.set()
+        thread.join()
+
+
 def test_objects_give_back_their_type_reference(fakelib):
     """In the abi3 build Buffer is a heap type: every object, live or on the
     free list, holds a reference to it and gives it back when freed.  (In the

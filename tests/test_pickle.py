@@ -427,3 +427,27 @@ def test_multiprocessing_pipe_round_trip(fakelib):
     assert proc.exitcode == 0
     del frames
     assert released_cleanly(fakelib, buf, block_id)
+
+
+def test_cycle_through_the_received_object_is_collected():
+    """The rebuilt Buffer's export of the received object does not keep a
+    reference of its own beside the owner: a cycle back from that object is
+    collected, and its export ended (contract 10)."""
+    import gc
+    import weakref
+
+    class Frame(bytearray):  # a received frame that can point back at the Buffer
+        pass
+
+    src = bytearray(b"abcdefgh")
+    original = membuf.from_address(membuf.address_of(src), 8, owner=src, readonly=False)
+    frames = []
+    header = pickle.dumps(original, protocol=5, buffer_callback=frames.append)
+    data = Frame(frames[0].raw())
+    loaded = pickle.loads(header, buffers=[data])
+    assert loaded.owner is data and loaded.address == membuf.address_of(data)
+    data.back = loaded
+    alive = weakref.ref(data)
+    del loaded, data
+    gc.collect()
+    assert alive() is None

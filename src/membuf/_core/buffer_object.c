@@ -718,12 +718,14 @@ dealloc_body(MemBufObject *self)
 /* The limited API has no trashcan, so this build keeps its own for Buffers:
  * past MB_MAX_DEALLOC_DEPTH nested deallocations, a Buffer (refcount 0,
  * untracked, fields intact) is pushed on `postponed` and deallocated by the
- * outermost membuf_dealloc before it returns.  If the stack cannot grow,
- * we recurse as before.  GIL held throughout. */
+ * outermost membuf_dealloc of the same thread before it returns.  If the
+ * stack cannot grow, we recurse as before.  GIL held throughout. */
 #define MB_MAX_DEALLOC_DEPTH 50
-static int dealloc_depth = 0;
-static MemBufObject **postponed = NULL;
-static Py_ssize_t postponed_len = 0, postponed_cap = 0;
+/* Per thread, as CPython's trashcan: a thread whose callback waits with the
+ * GIL released must not hold up deallocations in other threads. */
+static _Thread_local int dealloc_depth = 0;
+static _Thread_local MemBufObject **postponed = NULL;
+static _Thread_local Py_ssize_t postponed_len = 0, postponed_cap = 0;
 
 static int
 postpone_dealloc(MemBufObject *self)

@@ -42,7 +42,18 @@ typedef struct {
 static void
 export_free(dlpack_export *ex)
 {
-    if (!Py_IsInitialized()) {
+    /* During Py_FinalizeEx, Py_IsInitialized() is already false while module
+     * globals (and consumers in them) are cleared on this very thread, with
+     * the GIL: end the export then, so the Buffer's callback still runs.
+     * (PyGILState_Check() alone answers 1 after the GIL state is gone.)  The
+     * limited API of 3.11 has no PyGILState_Check: there, a consumer freed
+     * at exit leaves its export (and the Buffer) alone. */
+#ifndef Py_LIMITED_API
+    int holds_gil = PyGILState_GetThisThreadState() != NULL && PyGILState_Check();
+#else
+    int holds_gil = 0;
+#endif
+    if (!holds_gil && !Py_IsInitialized()) {
         return; /* the interpreter, and the Buffer with it, are gone */
     }
     PyGILState_STATE gil = PyGILState_Ensure();

@@ -113,16 +113,28 @@ done:
 /* _rebuild                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* The release callback of a rebuilt Buffer: ctx is a PyMem_Malloc'ed export
- * of the object pickle handed us, ended here (with the GIL held). */
+/* ctx of a rebuilt Buffer: an export of the object pickle handed us. */
+typedef struct {
+    Py_buffer view;
+    /* view.obj is also the Buffer's owner, and the export's own reference to
+     * it was given up: the owner's (which the GC sees) is the only one, so a
+     * cycle through it can be collected.  The owner is dropped only after
+     * the release callback. */
+    int obj_held_by_owner;
+} received_export;
+
+/* The release callback of a rebuilt Buffer: ends the export (GIL held). */
 static void
 release_received(void *ptr, size_t len, void *ctx)
 {
     (void)ptr;
     (void)len;
-    Py_buffer *view = ctx;
-    PyBuffer_Release(view);
-    PyMem_Free(view);
+    received_export *received = ctx;
+    if (received->obj_held_by_owner) {
+        Py_INCREF(received->view.obj); /* the reference PyBuffer_Release drops */
+    }
+    PyBuffer_Release(&received->view);
+    PyMem_Free(received);
 }
 
 /* Shape tuple of a pickle: at most MEMBUF_MAX_NDIM ints.  Negative entries
@@ -180,13 +192,15 @@ membuf_rebuild(PyObject *module, PyObject *args)
     if (parse_shape(shape_obj, shape, &spec.ndim) < 0) {
         return NULL;
     }
-    Py_buffer *view = PyMem_Malloc(sizeof(Py_buffer));
-    if (view == NULL) {
+    received_export *received = PyMem_Malloc(sizeof(received_export));
+    if (received == NULL) {
         return PyErr_NoMemory();
     }
+    received->obj_held_by_owner = 0;
+    Py_buffer *view = &received->view;
     /* PyBUF_SIMPLE: C-contiguous bytes; view->readonly says if we may write. */
     if (PyObject_GetBuffer(data, view, PyBUF_SIMPLE) < 0) {
-        PyMem_Free(view);
+        PyMem_Free(received);
         return NULL;
     }
     spec.ptr = view->buf;
@@ -195,9 +209,16 @@ membuf_rebuild(PyObject *module, PyObject *args)
     spec.format = format;
     spec.shape = shape; /* never NULL: ndim 0 means one item */
     spec.release = release_received;
-    spec.ctx = view;
+    spec.ctx = received;
     spec.owner = data;
-    /* Ownership of view passes here: on failure (a bad format, a shape that
-     * does not cover exactly len bytes) release_received has ended it. */
-    return membuf_from_spec(&spec, 0);
+    /* Ownership of the export passes here: on failure (a bad format, a shape
+     * that does not cover exactly len bytes) release_received has ended it. */
+    PyObject *buf = membuf_from_spec(&spec, 0);
+    if (buf != NULL && view->obj == data) {
+        /* (A PickleBuffer exports its underlying object instead: that
+         * export keeps its own reference.) */
+        received->obj_held_by_owner = 1;
+        Py_DECREF(data);
+    }
+    return buf;
 }
