@@ -87,10 +87,13 @@ membuf_reduce_ex(MemBufObject *self, PyObject *protocol_obj)
     }
     PyObject *data = protocol >= 5 && (self->flags & MB_C_CONTIG) ? pickle_buffer(self)
                                                                    : inband_copy(self);
-    PyObject *format = PyUnicode_FromString(membuf_format(self));
-    PyObject *shape = PyTuple_New(self->ndim);
-    PyObject *result = NULL;
-    if (data == NULL || format == NULL || shape == NULL) {
+    PyObject *format = NULL, *shape = NULL, *result = NULL;
+    if (data == NULL) {
+        goto done; /* no further calls with an exception set */
+    }
+    format = PyUnicode_FromString(membuf_format(self));
+    shape = format != NULL ? PyTuple_New(self->ndim) : NULL;
+    if (shape == NULL) {
         goto done;
     }
     for (int i = 0; i < self->ndim; i++) {
