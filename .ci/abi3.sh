@@ -31,8 +31,8 @@ case $(basename "$WHEEL") in
     *) echo "expected a cp311-abi3 wheel, got $(basename "$WHEEL")" >&2; exit 1 ;;
 esac
 
-log "install it with the test extras"
-"$PY" -m pip install --quiet --disable-pip-version-check "$WHEEL[test]"
+log "install it with the test extras, and PyTorch (CPU, from this machine's disk) for the DLPack tests"
+"$PY" -m pip install --quiet --disable-pip-version-check "$WHEEL[test]" torch==2.13.0
 (cd "$VENV" && "$PY" - <<'PY'
 import pathlib, membuf._membuf as core
 so = pathlib.Path(core.__file__).name
