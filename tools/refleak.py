@@ -193,7 +193,14 @@ def _clear_caches():
                 pass
     mods = sys.modules
     if "distutils.dir_util" in mods:
-        mods["distutils.dir_util"]._path_created.clear()
+        # CPython's distutils; setuptools' own (70.1+) has a cache object instead.
+        path_created = getattr(mods["distutils.dir_util"], "_path_created", None)
+        if path_created is not None:
+            path_created.clear()
+        else:
+            cache = getattr(mods["distutils.dir_util"], "SkipRepeatAbsolutePaths", None)
+            if cache is not None and hasattr(cache, "instance"):
+                cache.clear()
     if "re" in mods:
         mods["re"].purge()
     if "_strptime" in mods:
