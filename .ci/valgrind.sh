@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Valgrind job: memcheck over the C-API and lifetime tests (an ordinary,
+# Valgrind job: memcheck over the C-API, lifetime, pickle and DLPack tests (an ordinary,
 # unsanitized build of membuf and fakelib, run under valgrind).
 #
 # Fails on any memcheck error (invalid read/write, use of uninitialised
@@ -16,7 +16,7 @@
 #
 # Self-contained: runs as root on a fresh Debian 12 machine, installs what it
 # needs, works in .venv-valgrind/ (git-ignored) and can be re-run.
-#   bash .ci/valgrind.sh                      # tests/test_capi.py tests/test_lifetime.py
+#   bash .ci/valgrind.sh                      # the four files named below
 #   bash .ci/valgrind.sh tests/test_capi.py   # other pytest args
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,7 +63,7 @@ log "build membuf (debugoptimized: -O2 -g, asserts on)"
 
 # --- run -------------------------------------------------------------------
 if (($# == 0)); then
-    set -- tests/test_capi.py tests/test_lifetime.py
+    set -- tests/test_capi.py tests/test_lifetime.py tests/test_pickle.py tests/test_dlpack.py
 fi
 log "valgrind memcheck: pytest $*"
 SECONDS=0
