@@ -349,6 +349,7 @@ class Forged:
      r"^_rebuild: shape has 65 dimensions \(at most 64\)$"),
     ((b"abcdefgh", "B", (2**64,), True), OverflowError, r"too large to convert"),
     ((b"abcdefgh", "B", (8.0,), True), TypeError, r"^_rebuild: shape\[0\] must be an int, not float$"),
+    ((b"abcdefgh", "B", (8, True), True), TypeError, r"^_rebuild: shape\[1\] must be an int, not bool$"),
     ((b"abcdefgh", "B", [8], True), TypeError, r"must be tuple, not list"),
     ((b"abcdefgh", "B", (8,), 1), TypeError, r"must be bool, not int"),
     ((b"abcdefgh", b"B", (8,), True), TypeError, r"must be str, not bytes"),

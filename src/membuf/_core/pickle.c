@@ -140,8 +140,9 @@ release_received(void *ptr, size_t len, void *ctx)
     PyMem_Free(received);
 }
 
-/* Shape tuple of a pickle: at most MEMBUF_MAX_NDIM ints.  Negative entries
- * are left to membuf_from_spec, which names them. */
+/* Shape tuple of a pickle: at most MEMBUF_MAX_NDIM ints (not bools, which
+ * no pickler of ours writes).  Negative entries are left to
+ * membuf_from_spec, which names them. */
 static int
 parse_shape(PyObject *tuple, Py_ssize_t *shape, int *ndim)
 {
@@ -153,7 +154,7 @@ parse_shape(PyObject *tuple, Py_ssize_t *shape, int *ndim)
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyTuple_GetItem(tuple, i);
-        if (!PyLong_Check(item)) {
+        if (!PyLong_Check(item) || PyBool_Check(item)) {
             /* PyType_GetName, not tp_name: the limited API cannot read it. */
             PyObject *name = PyType_GetName(Py_TYPE(item));
             if (name != NULL) {
