@@ -155,14 +155,8 @@ parse_shape(PyObject *tuple, Py_ssize_t *shape, int *ndim)
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyTuple_GetItem(tuple, i);
         if (!PyLong_Check(item) || PyBool_Check(item)) {
-            /* PyType_GetName, not tp_name: the limited API cannot read it. */
-            PyObject *name = PyType_GetName(Py_TYPE(item));
-            if (name != NULL) {
-                PyErr_Format(PyExc_TypeError, "_rebuild: shape[%zd] must be an int, not %.200U",
-                             i, name);
-                Py_DECREF(name);
-            }
-            return -1;
+            return membuf_type_error(PyExc_TypeError, item, "_rebuild: shape[%zd] must be an int",
+                                     i);
         }
         shape[i] = PyLong_AsSsize_t(item);
         if (shape[i] == -1 && PyErr_Occurred()) {
