@@ -32,3 +32,124 @@ def test_slice_of_an_empty_layout_with_a_huge_leading_shape(fakelib):
     part = buf[:]
     assert part.shape == (2**62, 4, 0)
     assert part.nbytes == 0 and part.tobytes() == b""
+
+
+# --- Reliability 2: defects found from outside -------------------------------
+
+import ctypes
+import gc
+import pickle
+import tracemalloc
+import weakref
+
+import pytest
+
+
+def _python_buffer(size=16):
+    """A Buffer over ctypes memory with a Python on_release that counts."""
+    mem = ctypes.create_string_buffer(size)
+    calls = []
+    buf = membuf.from_address(ctypes.addressof(mem), size, on_release=lambda: calls.append(mem))
+    return buf, calls
+
+
+@pytest.mark.parametrize("base_is_a_slice", [False, True])
+def test_weakref_finalizer_releases_the_parent_a_deferred_chain_walk_releases_next(base_is_a_slice):
+    # release_now() decided to release `base` next, then dropped its reference
+    # to `header`, whose weakref.finalize released `base` first: the walk
+    # released `base` a second time (SIGSEGV: on_release called as NULL, or
+    # an export count decremented on a NULL grandparent).
+    root, calls = _python_buffer()
+    base = root[0:12] if base_is_a_slice else root
+    header = base[:4]
+    weakref.finalize(header, base.release)
+    body = header[1:]
+    base.release(defer=True)
+    header.release(defer=True)
+    del header
+    body.release()
+    assert base.released
+    if base_is_a_slice:
+        assert calls == [] and root.exports == 0
+        root.release()
+    assert len(calls) == 1
+
+
+def test_a_cycle_through_a_buffer_rebuilt_from_an_out_of_band_frame_is_collected():
+    # The rebuilt Buffer holds an export of the original (through the
+    # PickleBuffer); that reference was invisible to the GC, so a cycle
+    # original -> owner -> rebuilt -> export -> original was never collected.
+    class Owner:
+        pass
+
+    mem = ctypes.create_string_buffer(b"abcdefgh", 8)
+    calls = []
+    owner = Owner()
+    original = membuf.from_address(ctypes.addressof(mem), 8, owner=owner,
+                                   on_release=lambda: calls.append(1))
+    frames = []
+    rebuilt = pickle.loads(pickle.dumps(original, protocol=5, buffer_callback=frames.append),
+                           buffers=frames)
+    assert rebuilt.address == original.address
+    owner.rebuilt = rebuilt
+    del original, rebuilt, frames, owner
+    gc.collect()
+    assert calls == [1]
+
+
+def test_a_resurrected_cycle_says_why_its_release_is_pending():
+    # The GC finalized a Buffer whose view was alive; a __del__ resurrected
+    # the cycle.  Finalization is not undone (PEP 442): the release stays
+    # pending until the last view ends, and the message says who asked.
+    saved = []
+
+    class Resurrector:
+        def __del__(self):
+            saved.append(self.cycle)
+
+    mem = ctypes.create_string_buffer(8)
+    calls = []
+    holder = type("Holder", (), {})()
+    buf = membuf.from_address(ctypes.addressof(mem), 8, owner=holder,
+                              on_release=lambda: calls.append(1))
+    holder.buf = buf
+    holder.view = memoryview(buf)
+    r = Resurrector()
+    r.cycle = holder
+    holder.r = r
+    del buf, holder, r
+    gc.collect()
+    (holder,) = saved
+    assert calls == [] and not holder.buf.released
+    with pytest.raises(ValueError, match=r"pending release \(the garbage collector finalized it "
+                                         r"while a view was alive"):
+        memoryview(holder.buf)
+    holder.view.release()
+    assert calls == [1] and holder.buf.released
+    del saved[:], holder
+    gc.collect()
+    assert calls == [1]
+
+
+def test_tracemalloc_sees_where_a_recycled_buffer_was_made():
+    # Reusing a Buffer from the free list skipped the new-reference
+    # bookkeeping, so tracemalloc reported the site of its first allocation.
+    def first_site():
+        return membuf.from_address(0, 0)
+
+    def second_site():
+        return membuf.from_address(0, 0)
+
+    membuf._membuf._clear_freelist()  # room on the free list for `first`
+    tracemalloc.start()
+    try:
+        first = first_site()
+        first_address = id(first)
+        del first  # onto the free list
+        buf = second_site()
+        tb = tracemalloc.get_object_traceback(buf)
+    finally:
+        tracemalloc.stop()
+    assert id(buf) == first_address, "expected the recycled object"
+    assert tb is not None
+    assert tb[0].lineno == second_site.__code__.co_firstlineno + 1

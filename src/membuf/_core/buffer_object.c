@@ -130,14 +130,16 @@ alloc_compact(void)
     MemBufObject *self;
     if (freelist_len > 0) {
         self = freelist[--freelist_len];
-#if defined(Py_REF_DEBUG) || defined(Py_TRACE_REFS)
-        (void)PyObject_Init((PyObject *)self, MEMBUF_TYPE); /* keeps the debug counts */
+        /* A new reference as for a new object (as CPython's own free lists
+         * do): refcount 1, the debug counts, and tracemalloc's allocation
+         * site.  The GC header is already right (untracked). */
+        (void)PyObject_Init((PyObject *)self, MEMBUF_TYPE);
 #ifdef Py_LIMITED_API
         Py_DECREF(MEMBUF_TYPE); /* it kept its type reference on the free list */
 #endif
-#else
-        Py_SET_REFCNT((PyObject *)self, 1); /* type and GC header are already right */
-#endif
+        assert(self->exports == 0 && self->weakreflist == NULL && self->format == NULL);
+        assert(self->ndim == 1 && self->itemsize == 1);
+        assert(self->shape == &self->nbytes && self->strides == &self->itemsize);
         return self;
     }
     self = PyObject_GC_NewVar(MemBufObject, MEMBUF_TYPE, 0);
@@ -569,6 +571,18 @@ membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *sha
     return (PyObject *)self;
 }
 
+void
+membuf_mark_held_export(MemBufObject *self)
+{
+    assert(!MB_IS_RELEASED(self) && self->ctx != NULL);
+    assert(!(self->flags & (MB_PYCALLBACK | MB_SLICE)));
+    self->flags |= MB_HELD_EXPORT;
+    if (!(self->flags & MB_TRACKED)) {
+        self->flags |= MB_TRACKED;
+        PyObject_GC_Track(self);
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* Release                                                                  */
 /* ------------------------------------------------------------------------ */
@@ -576,13 +590,24 @@ membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *sha
 /* Give the memory back now.  Precondition: not released, exports == 0.
  * Marks released first, then calls the callback, then drops owner.
  * Returns -1 only when a Python on_release raised (raise mode); the
- * exception is then set. */
+ * exception is then set.
+ *
+ * Re-entrancy: every callback, and every reference dropped, may run
+ * arbitrary Python code (a weakref callback, a __del__, a finalizer) that
+ * releases, exports or drops any Buffer -- including the parent this loop
+ * meant to release next.  So nothing decided before a call-out is trusted
+ * after it: the next parent's state is read again once the last call-out of
+ * an iteration is over, and a parent that was released (or exported again)
+ * in the meantime ends the walk. */
 static int
 release_now(MemBufObject *self, int unraisable)
 {
     int rc = 0;
     PyObject *held = NULL; /* the reference to self of the slice released before it */
     for (;;) {
+        assert(!MB_IS_RELEASED(self));
+        assert(self->exports == 0);
+        MB_ASSERT_FIELDS(self);
         MemBuf_ReleaseFunc release = self->release;
         void *ctx = self->ctx;
         PyObject *owner = self->owner;
@@ -590,7 +615,8 @@ release_now(MemBufObject *self, int unraisable)
         MemBufObject *next = NULL;
 
         /* Mark first: whatever the callback does, it sees a released Buffer. */
-        self->flags = (flags | MB_RELEASED) & ~(MB_PENDING | MB_UNTRACKED_CALLABLE);
+        self->flags = (flags | MB_RELEASED) &
+                      ~(MB_PENDING | MB_GC_DEFERRED | MB_UNTRACKED_CALLABLE | MB_HELD_EXPORT);
         self->release = NULL;
         self->ctx = NULL;
         self->owner = NULL;
@@ -600,10 +626,9 @@ release_now(MemBufObject *self, int unraisable)
              * parent whose deferred release waited for it is released next,
              * by this loop: chains of slices may be arbitrarily long. */
             MemBufObject *parent = (MemBufObject *)owner;
+            assert(parent != NULL && parent->exports > 0);
             parent->exports--;
-            if (parent->exports == 0 && (parent->flags & MB_PENDING) && !MB_IS_RELEASED(parent)) {
-                next = parent;
-            }
+            next = parent;
         }
         else if (flags & MB_PYCALLBACK) {
             rc = call_python_release((PyObject *)ctx, unraisable,
@@ -612,11 +637,18 @@ release_now(MemBufObject *self, int unraisable)
         else if (release != NULL) {
             release(self->mem, self->mem_len, ctx);
         }
-        Py_XDECREF(held); /* may free self; nothing of it is used below */
+        Py_XDECREF(held); /* may free self and run any code; self is not used below */
+        /* Only now, after the last call-out of this iteration: does the
+         * parent still wait for this export, and for nothing else? */
+        if (next != NULL &&
+            (MB_IS_RELEASED(next) || next->exports != 0 || !(next->flags & MB_PENDING))) {
+            next = NULL;
+        }
         if (next == NULL) {
             Py_XDECREF(owner);
             return rc;
         }
+        assert((PyObject *)next == owner);
         held = owner; /* == next: kept alive through its own release */
         self = next;
         unraisable = 1; /* a deferred release has nobody to raise to */
@@ -658,6 +690,12 @@ membuf_refuse(MemBufObject *self)
     if (MB_IS_RELEASED(self)) {
         PyErr_SetString(PyExc_ValueError, "operation forbidden on released membuf.Buffer object");
     }
+    else if (self->flags & MB_GC_DEFERRED) {
+        PyErr_SetString(PyExc_ValueError,
+                        "operation forbidden on membuf.Buffer object with a pending release "
+                        "(the garbage collector finalized it while a view was alive; its "
+                        "memory is given back when the last view ends)");
+    }
     else {
         PyErr_SetString(PyExc_ValueError,
                         "operation forbidden on membuf.Buffer object with a pending release "
@@ -696,10 +734,12 @@ membuf_type_error(PyObject *exc, PyObject *obj, const char *format, ...)
 static void
 dealloc_body(MemBufObject *self)
 {
+    assert(self->exports == 0); /* every export holds a reference to us */
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
-    /* exports == 0 here: every export holds a reference to us. */
+    assert(self->exports == 0); /* weakref callbacks see only a dead reference */
+    MB_ASSERT_FIELDS(self);
     int flags = self->flags;
     if (!(flags & (MB_RELEASED | MB_PYCALLBACK | MB_SLICE)) && self->owner == NULL) {
         /* The common case of release_now(), inline: a C callback, no owner. */
@@ -788,6 +828,9 @@ membuf_traverse(MemBufObject *self, visitproc visit, void *arg)
     if (self->flags & MB_PYCALLBACK) {
         Py_VISIT((PyObject *)self->ctx);
     }
+    else if ((self->flags & MB_HELD_EXPORT) && self->ctx != NULL) {
+        Py_VISIT(((Py_buffer *)self->ctx)->obj); /* the export's own reference */
+    }
     return 0;
 }
 
@@ -810,7 +853,7 @@ membuf_finalize(MemBufObject *self)
      * garbage too (a cleared function crashes when called).  Untracking the
      * callable keeps the GC from clearing it; it is tracked again just
      * before we drop it (call_python_release). */
-    self->flags |= MB_PENDING;
+    self->flags |= MB_PENDING | MB_GC_DEFERRED;
     if ((self->flags & MB_PYCALLBACK) && PyObject_GC_IsTracked((PyObject *)self->ctx)) {
         PyObject_GC_UnTrack(self->ctx);
         self->flags |= MB_UNTRACKED_CALLABLE;

@@ -79,6 +79,7 @@ membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
         view->shape = NULL;
     }
     /* suboffsets stay NULL: that meets PyBUF_INDIRECT and every other request. */
+    MB_ASSERT_FIELDS(self);
     self->exports++;
     view->obj = Py_NewRef((PyObject *)self);
     return 0;

@@ -16,6 +16,7 @@
 #define PY_SSIZE_T_CLEAN
 #define MEMBUF_BUILDING_CORE
 #include <Python.h>
+#include <assert.h> /* on in the debug, sanitizer, valgrind and fuzz builds */
 #include <string.h>
 #include "membuf.h"
 
@@ -30,6 +31,8 @@
 #define MB_SLICE 0x4000      /* owner is the parent Buffer, whose export we hold */
 #define MB_UNTRACKED_CALLABLE 0x8000 /* finalize untracked the Python callable in ctx */
 #define MB_TRACKED 0x10000   /* we called PyObject_GC_Track on this Buffer */
+#define MB_GC_DEFERRED 0x20000 /* with MB_PENDING: the GC finalized us under a live export */
+#define MB_HELD_EXPORT 0x40000 /* ctx is a Py_buffer * export we hold (traversed: view->obj) */
 
 /*
  * A Buffer.  Invariants:
@@ -45,9 +48,17 @@
  *   - Ownership: until MB_RELEASED, we own `owner` (strong ref, may be NULL)
  *     and the duty to call release(mem, mem_len, ctx) once; with
  *     MB_PYCALLBACK, ctx is a strong ref to a Python callable instead; with
- *     MB_SLICE, the duty is to end one export of the parent (= owner).
+ *     MB_SLICE, the duty is to end one export of the parent (= owner);
+ *     with MB_HELD_EXPORT, ctx is a Py_buffer export of another object that
+ *     release() ends (a Buffer rebuilt by pickle).
  *     Release clears all four fields *before* the callback runs.
  *   - GC: tracked only while owner or a Python callable could form a cycle.
+ *     Every reference we hold is visited by tp_traverse, including the
+ *     exporter behind a held export (view->obj): a cycle through any of them
+ *     is collected like a cycle through a memoryview.
+ *   - MB_PENDING: release() is owed as soon as exports drops to 0, either
+ *     because release(defer=True) was called or (with MB_GC_DEFERRED) because
+ *     the garbage collector finalized the Buffer while an export was alive.
  *
  * Free-threading plan: every field is read and written with the GIL held.
  * A free-threaded build would need `exports` and the state bits in `flags`
@@ -126,6 +137,24 @@ PyObject *membuf_richcompare(PyObject *self, PyObject *other, int op);
 #endif
 
 #define MemBuf_CheckExact(op) Py_IS_TYPE((op), MEMBUF_TYPE)
+
+/* The invariants above that one look at the fields can check (asserts are
+ * on in the debug, sanitizer, valgrind and fuzz builds). */
+#define MB_ASSERT_FIELDS(self)                                                               \
+    do {                                                                                     \
+        assert((self)->exports >= 0);                                                        \
+        assert(!((self)->flags & MB_COMPACT) ||                                              \
+               ((self)->format == NULL && (self)->ndim == 1 && (self)->itemsize == 1 &&      \
+                (self)->shape == &(self)->nbytes && (self)->strides == &(self)->itemsize));  \
+        assert(!((self)->flags & MB_RELEASED) ||                                             \
+               ((self)->release == NULL && (self)->ctx == NULL && (self)->owner == NULL &&   \
+                !((self)->flags & (MB_PENDING | MB_GC_DEFERRED))));                          \
+        assert(!((self)->flags & MB_GC_DEFERRED) || ((self)->flags & MB_PENDING));           \
+        assert(((self)->flags & MB_RELEASED) || !((self)->flags & MB_SLICE) ||               \
+               ((self)->owner != NULL && MemBuf_CheckExact((self)->owner)));                 \
+        assert(((self)->flags & MB_RELEASED) ||                                              \
+               !((self)->flags & (MB_PYCALLBACK | MB_HELD_EXPORT)) || (self)->ctx != NULL);  \
+    } while (0)
 #define MB_IS_RELEASED(self) (((self)->flags & MB_RELEASED) != 0)
 #define MB_REFUSES_WORK(self) (((self)->flags & (MB_RELEASED | MB_PENDING)) != 0)
 
@@ -154,6 +183,11 @@ void membuf_release_unwrapped(const MemBuf_Spec *spec, int pycallback);
 PyObject *membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *shape,
                           const Py_ssize_t *strides);
 
+/* A Buffer just created whose ctx is a Py_buffer export of another object
+ * (its release callback ends that export): mark it so that tp_traverse
+ * visits the exporter, and track it. */
+void membuf_mark_held_export(MemBufObject *self);
+
 /* release() semantics shared by Python and C: strict or deferred. */
 int membuf_release(MemBufObject *self, int defer);
 
@@ -164,6 +198,7 @@ void membuf_finish_deferred_release(MemBufObject *self);
 static inline void
 membuf_end_export(MemBufObject *self)
 {
+    assert(self->exports > 0);
     if (--self->exports == 0 && (self->flags & MB_PENDING)) {
         membuf_finish_deferred_release(self);
     }

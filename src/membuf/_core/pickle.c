@@ -116,15 +116,11 @@ done:
 /* _rebuild                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* ctx of a rebuilt Buffer: an export of the object pickle handed us. */
-typedef struct {
-    Py_buffer view;
-    /* view.obj is also the Buffer's owner, and the export's own reference to
-     * it was given up: the owner's (which the GC sees) is the only one, so a
-     * cycle through it can be collected.  The owner is dropped only after
-     * the release callback. */
-    int obj_held_by_owner;
-} received_export;
+/* ctx of a rebuilt Buffer (MB_HELD_EXPORT): an export of the object pickle
+ * handed us.  The export keeps its own reference to view.obj (which for a
+ * PickleBuffer is the object it wraps, not the PickleBuffer), and the
+ * Buffer's tp_traverse visits it: a cycle through it is collected. */
+typedef Py_buffer received_export;
 
 /* The release callback of a rebuilt Buffer: ends the export (GIL held). */
 static void
@@ -133,10 +129,7 @@ release_received(void *ptr, size_t len, void *ctx)
     (void)ptr;
     (void)len;
     received_export *received = ctx;
-    if (received->obj_held_by_owner) {
-        Py_INCREF(received->view.obj); /* the reference PyBuffer_Release drops */
-    }
-    PyBuffer_Release(&received->view);
+    PyBuffer_Release(received);
     PyMem_Free(received);
 }
 
@@ -190,15 +183,13 @@ membuf_rebuild(PyObject *module, PyObject *args)
     if (parse_shape(shape_obj, shape, &spec.ndim) < 0) {
         return NULL;
     }
-    received_export *received = PyMem_Malloc(sizeof(received_export));
-    if (received == NULL) {
+    received_export *view = PyMem_Malloc(sizeof(received_export));
+    if (view == NULL) {
         return PyErr_NoMemory();
     }
-    received->obj_held_by_owner = 0;
-    Py_buffer *view = &received->view;
     /* PyBUF_SIMPLE: C-contiguous bytes; view->readonly says if we may write. */
     if (PyObject_GetBuffer(data, view, PyBUF_SIMPLE) < 0) {
-        PyMem_Free(received);
+        PyMem_Free(view);
         return NULL;
     }
     spec.ptr = view->buf;
@@ -207,16 +198,13 @@ membuf_rebuild(PyObject *module, PyObject *args)
     spec.format = format;
     spec.shape = shape; /* never NULL: ndim 0 means one item */
     spec.release = release_received;
-    spec.ctx = received;
+    spec.ctx = view;
     spec.owner = data;
     /* Ownership of the export passes here: on failure (a bad format, a shape
      * that does not cover exactly len bytes) release_received has ended it. */
     PyObject *buf = membuf_from_spec(&spec, 0);
-    if (buf != NULL && view->obj == data) {
-        /* (A PickleBuffer exports its underlying object instead: that
-         * export keeps its own reference.) */
-        received->obj_held_by_owner = 1;
-        Py_DECREF(data);
+    if (buf != NULL) {
+        membuf_mark_held_export((MemBufObject *)buf);
     }
     return buf;
 }
