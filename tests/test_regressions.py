@@ -153,3 +153,76 @@ def test_tracemalloc_sees_where_a_recycled_buffer_was_made():
     assert id(buf) == first_address, "expected the recycled object"
     assert tb is not None
     assert tb[0].lineno == second_site.__code__.co_firstlineno + 1
+
+
+# A DLPack deleter reached from inside a subinterpreter: export_free() called
+# PyGILState_Ensure(), which switched to the main interpreter's thread state
+# and waited forever for the GIL its own thread held.  Each scenario runs in a
+# child with a timeout: a hang fails the test instead of hanging the suite.
+SUBINTERPRETER_DLPACK = r'''
+import sys
+try:
+    import _interpreters as si                  # 3.13+
+    def create():
+        return si.create("legacy")              # shares the main GIL
+    def run(interp, code):
+        err = si.exec(interp, code)
+        assert err is None, err
+except ImportError:
+    import _xxsubinterpreters as si             # 3.11, 3.12
+    def create():
+        return si.create(isolated=False)        # shares the main GIL, allows threads
+    run = si.run_string
+CODE = """
+import ctypes, threading, membuf
+mem = ctypes.create_string_buffer(16)
+calls = []
+buf = membuf.from_address(ctypes.addressof(mem), 16, on_release=lambda: calls.append(1))
+capsule = buf.__dlpack__(max_version=(1, 0))
+api = ctypes.pythonapi
+api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
+tensor = api.PyCapsule_GetPointer(capsule, b"dltensor_versioned")
+deleter = ctypes.c_void_p.from_address(tensor + 16).value  # DLManagedTensorVersioned.deleter
+how = %r
+if how == "drop-capsule":
+    del capsule                         # the capsule's destructor calls the deleter
+else:
+    USED = b"used_dltensor_versioned"
+    assert api.PyCapsule_SetName(capsule, USED) == 0   # consumed: the deleter is ours to call
+    del capsule
+    buf.release(defer=True)
+    assert not buf.released
+    if how == "python-thread":          # a thread of this interpreter, without the GIL
+        call = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(deleter)
+        t = threading.Thread(target=call, args=(tensor,))
+        t.start(); t.join()
+    else:                               # a thread with no Python thread state at all
+        libc = ctypes.CDLL(None)
+        tid = ctypes.c_ulong()
+        assert libc.pthread_create(ctypes.byref(tid), None, ctypes.c_void_p(deleter),
+                                   ctypes.c_void_p(tensor)) == 0
+        assert libc.pthread_join(tid, None) == 0   # ctypes releases the GIL here
+buf.release()
+assert buf.released and calls == [1], calls
+"""
+interp = create()
+run(interp, CODE % sys.argv[1])
+si.destroy(interp)
+print("ok")
+'''
+
+
+@pytest.mark.parametrize("how", ["drop-capsule", "python-thread", "raw-thread"])
+def test_dlpack_deleter_inside_a_subinterpreter_does_not_hang(how):
+    import subprocess
+    import sys
+
+    try:
+        result = subprocess.run([sys.executable, "-c", SUBINTERPRETER_DLPACK, how],
+                                capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{how}: the DLPack deleter hung inside a subinterpreter")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "ok\n"

@@ -29,6 +29,7 @@ typedef struct {
     } tensor;
     Py_buffer view; /* an export of the Buffer while view.obj != NULL */
     void *copy;     /* copy=True: the contents, C order (PyMem_Malloc) */
+    PyInterpreterState *interp; /* the Buffer's interpreter: the deleter ends the export there */
     int64_t dims[]; /* shape[ndim], then strides[ndim] in items */
 } dlpack_export;
 
@@ -36,33 +37,76 @@ typedef struct {
 /* Deleters                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* Consumers may call the deleter from any thread, with or without the GIL
- * (PyTorch frees tensors from its own threads): take it before touching
- * the Buffer.  (PyMem_* needs the GIL, too.) */
-static void
-export_free(dlpack_export *ex)
+/* The thread state attached to this thread (it holds its interpreter's
+ * GIL), or NULL. */
+static PyThreadState *
+attached_thread_state(void)
 {
-    /* During Py_FinalizeEx, Py_IsInitialized() is already false while module
-     * globals (and consumers in them) are cleared on this very thread, with
-     * the GIL: end the export then, so the Buffer's callback still runs.
-     * (PyGILState_Check() alone answers 1 after the GIL state is gone.)  The
-     * limited API of 3.11 has no PyGILState_Check: there, a consumer freed
-     * at exit leaves its export (and the Buffer) alone. */
-#ifndef Py_LIMITED_API
-    int holds_gil = PyGILState_GetThisThreadState() != NULL && PyGILState_Check();
+#if !defined(Py_LIMITED_API) && PY_VERSION_HEX >= 0x030D0000
+    return PyThreadState_GetUnchecked();
+#elif !defined(Py_LIMITED_API)
+    return _PyThreadState_UncheckedGet();
 #else
-    int holds_gil = 0;
-#endif
-    if (!holds_gil && !Py_IsInitialized()) {
-        return; /* the interpreter, and the Buffer with it, are gone */
+    /* The limited API has no unchecked getter: swap NULL in and back. */
+    PyThreadState *current = PyThreadState_Swap(NULL);
+    if (current != NULL) {
+        (void)PyThreadState_Swap(current);
     }
-    PyGILState_STATE gil = PyGILState_Ensure();
+    return current;
+#endif
+}
+
+/* End the export and free the block.  The GIL of ex->interp is held. */
+static void
+export_end(dlpack_export *ex)
+{
     if (ex->view.obj != NULL) {
         PyBuffer_Release(&ex->view); /* may complete a deferred release */
     }
     PyMem_Free(ex->copy);
     PyMem_Free(ex);
-    PyGILState_Release(gil);
+}
+
+/* The deleter.  Consumers call it from any thread, holding the GIL or not
+ * (PyTorch frees tensors from its own threads), and inside subinterpreters:
+ *   - a thread with an attached thread state holds the GIL of the running
+ *     interpreter, which is the Buffer's (objects do not cross
+ *     interpreters): end the export right here.  That includes the thread
+ *     that finalizes the interpreter at exit, so a consumer freed then still
+ *     ends its export.  (PyGILState_Ensure() here would switch to the main
+ *     interpreter's thread state and wait for a GIL this thread holds.)
+ *   - any other thread takes the GIL of the Buffer's interpreter first:
+ *     PyGILState_Ensure() where its thread state is the right one (the main
+ *     interpreter, or the thread's own), else a temporary thread state.
+ *   - after Py_Finalize, nothing is left to end: the block is leaked. */
+static void
+export_free(dlpack_export *ex)
+{
+    if (attached_thread_state() != NULL) {
+        export_end(ex);
+        return;
+    }
+    if (!Py_IsInitialized()) {
+        return; /* the interpreter, and the Buffer with it, are gone */
+    }
+    PyThreadState *registered = PyGILState_GetThisThreadState();
+    int use_gilstate = registered != NULL ? PyThreadState_GetInterpreter(registered) == ex->interp
+                                          : PyInterpreterState_GetID(ex->interp) == 0;
+    if (use_gilstate) {
+        PyGILState_STATE gil = PyGILState_Ensure();
+        export_end(ex);
+        PyGILState_Release(gil);
+        return;
+    }
+    PyThreadState *tstate = PyThreadState_New(ex->interp);
+    if (tstate == NULL) {
+        return; /* cannot reach the interpreter: leak rather than corrupt */
+    }
+    PyEval_AcquireThread(tstate);
+    export_end(ex);
+    PyThreadState_Clear(tstate);
+    PyEval_ReleaseThread(tstate);
+    PyThreadState_Delete(tstate);
 }
 
 static void
@@ -256,6 +300,7 @@ membuf_dlpack(MemBufObject *self, PyObject *args, PyObject *kwargs)
     if (ex == NULL) {
         return PyErr_NoMemory();
     }
+    ex->interp = PyInterpreterState_Get();
     int64_t *shape = ex->dims, *strides = ex->dims + ndim;
     if (fill_dims(self, do_copy, shape, strides) < 0) {
         PyMem_Free(ex);

@@ -243,8 +243,16 @@ module_exec(PyObject *module)
     return 0;
 }
 
+/* Subinterpreters: supported when they share the main interpreter's GIL
+ * (every subinterpreter of 3.11, "legacy" ones from 3.12 on).  The type, the
+ * free list and the C API table are one per process, which only a shared GIL
+ * keeps safe, so an interpreter with its own GIL gets CPython's ImportError
+ * ("does not support loading in subinterpreters" / "per-interpreter GIL"). */
 static PyModuleDef_Slot module_slots[] = {
     {Py_mod_exec, module_exec},
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_SUPPORTED},
+#endif
     {0, NULL},
 };
 
