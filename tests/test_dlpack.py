@@ -388,7 +388,8 @@ def test_dl_device(fakelib):
                            rf"{shown}; the memory is on the CPU, device \(1, 0\)$"):
             buf.__dlpack__(dl_device=device)
     for device in ["cpu", (1,), (1, 0, 0), ("1", 0)]:
-        with pytest.raises(TypeError, match="^dl_device must be None or a tuple of two ints, not"):
+        with pytest.raises(TypeError, match=r"^dl_device(\[0\])? must be (None or )?an? (tuple of "
+                                            r"two )?ints?, not"):
             buf.__dlpack__(dl_device=device)
     arr = np.from_dlpack(buf, device="cpu")  # numpy passes dl_device=(1, 0)
     assert data_address(arr) == buf.address
@@ -449,11 +450,30 @@ def test_copy_false_and_none_are_zero_copy(fakelib):
     assert released_cleanly(fakelib, buf, block_id)
 
 
-@pytest.mark.parametrize("bad", [5, (1,), (1, 0, 0), ("1", "0"), [1, 0], (1.0, 0)])
-def test_max_version_must_be_a_pair_of_ints(fakelib, bad):
+@pytest.mark.parametrize("bad, message", [
+    (5, r" must be None or a tuple of two ints, not int"),
+    ([1, 0], r" must be None or a tuple of two ints, not list"),
+    ((1,), r" must be a tuple of two ints, not of 1 item"),
+    ((1, 0, 0), r" must be a tuple of two ints, not of 3 items"),
+    (("1", "0"), r"\[0\] must be an int, not str"),
+    ((1.0, 0), r"\[0\] must be an int, not float"),
+    ((1, 0.5), r"\[1\] must be an int, not float"),
+])
+def test_max_version_must_be_a_pair_of_ints(fakelib, bad, message):
     buf, block_id = typed(fakelib, "d", (5,), writable=True)
-    with pytest.raises(TypeError, match="^max_version must be None or a tuple of two ints, not"):
+    with pytest.raises(TypeError, match=rf"^max_version{message}$"):
         buf.__dlpack__(max_version=bad)
+    assert released_cleanly(fakelib, buf, block_id)
+
+
+def test_max_version_beyond_the_range_of_long_is_just_large(fakelib):
+    buf, block_id = typed(fakelib, "d", (5,), writable=True)
+    for version in [(1, 2**64), (2**64, 0)]:
+        capsule = buf.__dlpack__(max_version=version)
+        assert capsule_name(capsule) == "dltensor_versioned"
+        del capsule
+    with pytest.raises(BufferError, match=r"device \(1, 18446744073709551616\);"):
+        buf.__dlpack__(dl_device=(1, 2**64))
     assert released_cleanly(fakelib, buf, block_id)
 
 

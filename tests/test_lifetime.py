@@ -388,8 +388,13 @@ def test_release_argument_errors(fakelib):
         def __bool__(self):
             raise ArithmeticError("no truth")
 
-    with pytest.raises(ArithmeticError, match="no truth"):
-        buf.release(defer=NoTruth())
+    # A safety switch, as readonly=: only True or False.
+    for bad, name in [(NoTruth(), "NoTruth"), ("False", "str"), (0, "int"), (1, "int"),
+                      (None, "NoneType")]:
+        with pytest.raises(TypeError, match=rf"^defer must be True or False, not {name}$"):
+            buf.release(defer=bad)
+        with pytest.raises(TypeError, match=rf"^defer must be True or False, not {name}$"):
+            buf.release(bad)
     assert fakelib.releases(block_id) == 0
     assert buf.released is False
 

@@ -290,6 +290,8 @@ BAD_VALUES = [
     (1.0, 5, TypeError, r"^address must be an int, not float$"),
     ("1", 5, TypeError, r"^address must be an int, not str$"),
     (None, 0, TypeError, r"^address must be an int, not NoneType$"),
+    (True, 0, TypeError, r"^address must be an int, not bool$"),
+    (1, False, TypeError, r"^size must be an int, not bool$"),
     (1, 5.0, TypeError, r"^size must be an int, not float$"),
     (1, b"5", TypeError, r"^size must be an int, not bytes$"),
     (-1, 5, ValueError, r"^address must not be negative$"),

@@ -314,13 +314,12 @@ membuf_release_method(MemBufObject *self, PyObject *const *args, Py_ssize_t narg
         }
         defer_obj = args[0];
     }
-    int defer = 0;
-    if (defer_obj != NULL) {
-        defer = PyObject_IsTrue(defer_obj);
-        if (defer < 0) {
-            return NULL;
-        }
+    /* A safety switch, as readonly=: only True or False, never a truthy accident. */
+    if (defer_obj != NULL && !PyBool_Check(defer_obj)) {
+        membuf_type_error(PyExc_TypeError, defer_obj, "defer must be True or False");
+        return NULL;
     }
+    int defer = defer_obj == Py_True;
     if (membuf_release(self, defer) < 0) {
         return NULL;
     }

@@ -144,28 +144,40 @@ capsule_destructor(PyObject *capsule)
 /* Arguments                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* A tuple of two ints, or -1 with TypeError naming the argument. */
+/* A tuple of two ints: values[] gets them saturated to the range of long (a
+ * version or device number beyond it is only "very large"), exact[] new
+ * references to them as exact ints (for messages).  -1 with TypeError
+ * naming the argument and what is wrong with it otherwise. */
 static int
-int_pair(PyObject *obj, const char *name, long *first, long *second)
+int_pair(PyObject *obj, const char *name, long values[2], PyObject *exact[2])
 {
-    if (!PyTuple_Check(obj) || PyTuple_Size(obj) != 2) {
-        return membuf_type_error(PyExc_TypeError, obj,
-                                 "%s must be None or a tuple of two ints", name);
+    if (!PyTuple_Check(obj)) {
+        return membuf_type_error(PyExc_TypeError, obj, "%s must be None or a tuple of two ints",
+                                 name);
     }
-    long values[2];
+    Py_ssize_t n = PyTuple_Size(obj);
+    if (n != 2) {
+        PyErr_Format(PyExc_TypeError, "%s must be a tuple of two ints, not of %zd item%s", name,
+                     n, n == 1 ? "" : "s");
+        return -1;
+    }
     for (Py_ssize_t i = 0; i < 2; i++) {
         PyObject *item = PyTuple_GetItem(obj, i);
         if (!PyLong_Check(item)) {
-            return membuf_type_error(PyExc_TypeError, item,
-                                     "%s must be None or a tuple of two ints", name);
+            Py_XDECREF(exact[0]);
+            exact[0] = NULL;
+            return membuf_type_error(PyExc_TypeError, item, "%s[%zd] must be an int", name, i);
         }
-        values[i] = PyLong_AsLong(item);
-        if (values[i] == -1 && PyErr_Occurred()) {
+        int overflow;
+        long value = PyLong_AsLongAndOverflow(item, &overflow);
+        exact[i] = value == -1 && PyErr_Occurred() ? NULL : PyNumber_Index(item);
+        if (exact[i] == NULL) {
+            Py_XDECREF(exact[0]);
+            exact[0] = NULL;
             return -1;
         }
+        values[i] = overflow > 0 ? LONG_MAX : overflow < 0 ? LONG_MIN : value;
     }
-    *first = values[0];
-    *second = values[1];
     return 0;
 }
 
@@ -253,21 +265,30 @@ membuf_dlpack(MemBufObject *self, PyObject *args, PyObject *kwargs)
                                      &max_version, &dl_device, &copy)) {
         return NULL;
     }
-    long major = 0, minor = 0, device_type = kDLCPU, device_id = 0;
-    if (max_version != Py_None && int_pair(max_version, "max_version", &major, &minor) < 0) {
+    long version[2] = {0, 0}, device[2] = {kDLCPU, 0};
+    PyObject *version_ints[2] = {NULL, NULL}, *device_ints[2] = {NULL, NULL};
+    if (max_version != Py_None && int_pair(max_version, "max_version", version, version_ints) < 0) {
         return NULL;
     }
-    if (dl_device != Py_None && int_pair(dl_device, "dl_device", &device_type, &device_id) < 0) {
+    Py_XDECREF(version_ints[0]);
+    Py_XDECREF(version_ints[1]);
+    if (dl_device != Py_None && int_pair(dl_device, "dl_device", device, device_ints) < 0) {
         return NULL;
     }
+    int bad = 0;
     if (copy != Py_None && !PyBool_Check(copy)) {
         membuf_type_error(PyExc_TypeError, copy, "copy must be None, True or False");
-        return NULL;
+        bad = 1;
     }
-    if (device_type != kDLCPU || device_id != 0) {
+    else if (device[0] != kDLCPU || device[1] != 0) {
         PyErr_Format(PyExc_BufferError,
-                     "membuf.Buffer: cannot export to DLPack device (%ld, %ld); the memory is on "
-                     "the CPU, device (1, 0)", device_type, device_id);
+                     "membuf.Buffer: cannot export to DLPack device (%S, %S); the memory is on "
+                     "the CPU, device (1, 0)", device_ints[0], device_ints[1]);
+        bad = 1;
+    }
+    Py_XDECREF(device_ints[0]);
+    Py_XDECREF(device_ints[1]);
+    if (bad) {
         return NULL;
     }
     if (stream != Py_None) {
@@ -280,7 +301,7 @@ membuf_dlpack(MemBufObject *self, PyObject *args, PyObject *kwargs)
         membuf_refuse(self);
         return NULL;
     }
-    int versioned = major >= 1;
+    int versioned = version[0] >= 1;
     int do_copy = copy == Py_True;
     int readonly = !(self->flags & MEMBUF_WRITABLE);
     DLDataType dtype;

@@ -68,7 +68,9 @@ parse_from_address_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
 static int
 unsigned_arg(PyObject *obj, const char *name, unsigned long long max, unsigned long long *out)
 {
-    if (!PyIndex_Check(obj)) {
+    /* bool is an int, but True as an address or a size is an accident (as
+     * for the shape entries of a layout). */
+    if (!PyIndex_Check(obj) || PyBool_Check(obj)) {
         return membuf_type_error(PyExc_TypeError, obj, "%s must be an int", name);
     }
     PyObject *number = PyNumber_Index(obj);
