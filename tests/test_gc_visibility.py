@@ -107,6 +107,12 @@ def test_a_cycle_through_on_release_and_the_holder(make_holder):
     assert calls == [1]
 
 
+def _referents(obj):
+    """What obj shows the GC, less its type (which an instance of a heap
+    type, as in the abi3 build, visits too)."""
+    return [r for r in gc.get_referents(obj) if r is not type(obj)]
+
+
 def test_a_rebuilt_buffer_shows_the_gc_what_it_exports_from():
     calls = []
     buf, mem = _buffer(calls, on_release=lambda: calls.append(1))
@@ -117,7 +123,7 @@ def test_a_rebuilt_buffer_shows_the_gc_what_it_exports_from():
     assert any(r is buf for r in referents), "the export of the original is not traversed"
     assert any(r is frames[0] for r in referents), "the owner (the PickleBuffer) is not traversed"
     rebuilt.release()
-    assert gc.get_referents(rebuilt) == []
+    assert _referents(rebuilt) == []
     frames[0].release()  # the PickleBuffer's own export
     assert buf.exports == 0
     del mem
@@ -129,5 +135,5 @@ def test_a_slice_shows_the_gc_its_parent():
     part = buf[3:]
     assert any(r is buf for r in gc.get_referents(part))
     part.release()
-    assert gc.get_referents(part) == []
+    assert _referents(part) == []
     del mem

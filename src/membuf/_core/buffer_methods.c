@@ -1,22 +1,16 @@
-/* What Python code sees of a Buffer: attributes, len / index / slice, ==,
+/* What Python code sees of a Buffer: len / index / slice, ==,
  * repr, tobytes(), hex(), release(), and the context manager.
  *
- * Rule for every operation that touches the memory: check MB_REFUSES_WORK
- * *after* anything that can run Python code (__index__, another object's
- * buffer export), because that code may have released the Buffer.
+ * Rule for every operation that touches the memory: MB_CHECK_RELEASED
+ * (core.h), again *after* anything that can run Python code (__index__,
+ * another object's buffer export), because that code may have released the
+ * Buffer.
  *
  * Typed and multi-dimensional Buffers delegate element access to a
  * memoryview of themselves, which holds an export while it works: the
  * memory cannot be released under it, and the semantics are memoryview's.
  */
 #include "core.h"
-
-const char membuf_type_doc[] =
-    "Buffer: a zero-copy, lifetime-managed view of memory owned by C code.\n"
-    "\n"
-    "Created by membuf.from_address() or, from C, MemBuf_FromMemory() /\n"
-    "MemBuf_FromSpec().  Speaks the buffer protocol; release() gives the memory\n"
-    "back (refused with BufferError while exports are alive).";
 
 /* A memoryview over self (an export), or NULL with ValueError if released. */
 static PyObject *
@@ -38,9 +32,7 @@ is_byte_vector(const MemBufObject *self)
 Py_ssize_t
 membuf_length(MemBufObject *self)
 {
-    if (MB_REFUSES_WORK(self)) {
-        return membuf_refuse(self);
-    }
+    MB_CHECK_RELEASED(self, -1);
     return self->ndim == 0 ? 1 : self->shape[0]; /* memoryview's rule */
 }
 
@@ -48,10 +40,7 @@ membuf_length(MemBufObject *self)
 PyObject *
 membuf_item(MemBufObject *self, Py_ssize_t i)
 {
-    if (MB_REFUSES_WORK(self)) {
-        membuf_refuse(self);
-        return NULL;
-    }
+    MB_CHECK_RELEASED(self, NULL);
     if (self->ndim == 0) {
         PyErr_SetString(PyExc_TypeError, "invalid indexing of 0-dim memory");
         return NULL;
@@ -82,10 +71,7 @@ membuf_slice(MemBufObject *self, PyObject *key)
         return NULL;
     }
     /* __index__ of the slice's parts may have released us. */
-    if (MB_REFUSES_WORK(self)) {
-        membuf_refuse(self);
-        return NULL;
-    }
+    MB_CHECK_RELEASED(self, NULL);
     if (self->ndim == 0) {
         PyErr_SetString(PyExc_TypeError, "invalid indexing of 0-dim memory");
         return NULL;
@@ -115,20 +101,14 @@ membuf_slice(MemBufObject *self, PyObject *key)
 PyObject *
 membuf_subscript(MemBufObject *self, PyObject *key)
 {
-    if (MB_REFUSES_WORK(self)) {
-        membuf_refuse(self);
-        return NULL;
-    }
+    MB_CHECK_RELEASED(self, NULL);
     if (PyIndex_Check(key)) {
         Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
         if (i == -1 && PyErr_Occurred()) {
             return NULL;
         }
         /* __index__ may have released us: checked again here. */
-        if (MB_REFUSES_WORK(self)) {
-            membuf_refuse(self);
-            return NULL;
-        }
+        MB_CHECK_RELEASED(self, NULL);
         if (self->ndim > 0 && i < 0) {
             i += self->shape[0];
         }
@@ -163,11 +143,12 @@ membuf_ass_subscript(MemBufObject *self, PyObject *key, PyObject *value)
 /* ==                                                                       */
 /* ------------------------------------------------------------------------ */
 
+/* A format of unsigned bytes: NULL ("B" implied), "B", "@B", "=B", ... */
 static int
 is_unsigned_bytes_format(const char *format)
 {
-    return format == NULL || (format[0] == 'B' && format[1] == '\0') ||
-           (format[0] == '@' && format[1] == 'B' && format[2] == '\0');
+    const char *code = format != NULL ? membuf_native_code(format) : "B";
+    return code != NULL && code[0] == 'B' && code[1] == '\0';
 }
 
 /* Equal by content to any bytes-like object, as memoryview is.  A released
@@ -226,24 +207,6 @@ done:
 /* repr                                                                     */
 /* ------------------------------------------------------------------------ */
 
-static PyObject *
-shape_tuple(int ndim, const Py_ssize_t *values)
-{
-    PyObject *tuple = PyTuple_New(ndim);
-    if (tuple == NULL) {
-        return NULL;
-    }
-    for (int i = 0; i < ndim; i++) {
-        PyObject *item = PyLong_FromSsize_t(values[i]);
-        if (item == NULL) {
-            Py_DECREF(tuple);
-            return NULL;
-        }
-        PyTuple_SetItem(tuple, i, item); /* steals item; cannot fail here */
-    }
-    return tuple;
-}
-
 PyObject *
 membuf_repr(MemBufObject *self)
 {
@@ -272,7 +235,7 @@ membuf_repr(MemBufObject *self)
                                       self->nbytes, access, state);
     }
     else {
-        PyObject *shape = shape_tuple(self->ndim, self->shape);
+        PyObject *shape = membuf_ssize_tuple(self->ndim, self->shape);
         if (shape == NULL) {
             Py_DECREF(state);
             return NULL;
@@ -330,10 +293,7 @@ static PyObject *
 membuf_enter(MemBufObject *self, PyObject *unused)
 {
     (void)unused;
-    if (MB_REFUSES_WORK(self)) {
-        membuf_refuse(self);
-        return NULL;
-    }
+    MB_CHECK_RELEASED(self, NULL);
     return Py_NewRef((PyObject *)self);
 }
 
@@ -352,10 +312,7 @@ static PyObject *
 membuf_tobytes(MemBufObject *self, PyObject *unused)
 {
     (void)unused;
-    if (MB_REFUSES_WORK(self)) {
-        membuf_refuse(self);
-        return NULL;
-    }
+    MB_CHECK_RELEASED(self, NULL);
     if (self->flags & MB_C_CONTIG) {
         return PyBytes_FromStringAndSize(self->buf, self->nbytes);
     }
@@ -409,114 +366,4 @@ PyMethodDef membuf_methods[] = {
     {"__dlpack_device__", (PyCFunction)membuf_dlpack_device, METH_NOARGS,
      "__dlpack_device__()\n--\n\n(1, 0): kDLCPU, device 0."},
     {NULL, NULL, 0, NULL},
-};
-
-/* ------------------------------------------------------------------------ */
-/* Attributes: none of them touch the memory, so all answer after release.  */
-/* ------------------------------------------------------------------------ */
-
-static PyObject *
-get_address(MemBufObject *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromVoidPtr(self->buf);
-}
-
-static PyObject *
-get_nbytes(MemBufObject *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromSsize_t(self->nbytes);
-}
-
-static PyObject *
-get_readonly(MemBufObject *self, void *closure)
-{
-    (void)closure;
-    return PyBool_FromLong(!(self->flags & MEMBUF_WRITABLE));
-}
-
-static PyObject *
-get_released(MemBufObject *self, void *closure)
-{
-    (void)closure;
-    return PyBool_FromLong(MB_IS_RELEASED(self));
-}
-
-static PyObject *
-get_exports(MemBufObject *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromSsize_t(self->exports);
-}
-
-static PyObject *
-get_format(MemBufObject *self, void *closure)
-{
-    (void)closure;
-    return PyUnicode_FromString(membuf_format(self));
-}
-
-static PyObject *
-get_itemsize(MemBufObject *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromSsize_t(self->itemsize);
-}
-
-static PyObject *
-get_ndim(MemBufObject *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromLong(self->ndim);
-}
-
-static PyObject *
-get_shape(MemBufObject *self, void *closure)
-{
-    (void)closure;
-    return shape_tuple(self->ndim, self->shape);
-}
-
-static PyObject *
-get_strides(MemBufObject *self, void *closure)
-{
-    (void)closure;
-    return shape_tuple(self->ndim, self->strides);
-}
-
-static PyObject *
-get_owner(MemBufObject *self, void *closure)
-{
-    (void)closure;
-    return Py_NewRef(self->owner != NULL ? self->owner : Py_None);
-}
-
-static PyObject *
-get_contiguous(MemBufObject *self, void *closure)
-{
-    return PyBool_FromLong((self->flags & (int)(Py_intptr_t)closure) != 0);
-}
-
-PyGetSetDef membuf_getset[] = {
-    {"address", (getter)get_address, NULL,
-     "Address of the first element, as an int: what every export sees.", NULL},
-    {"nbytes", (getter)get_nbytes, NULL, "Size of the contents in bytes.", NULL},
-    {"readonly", (getter)get_readonly, NULL, "True unless created writable.", NULL},
-    {"released", (getter)get_released, NULL, "True once the memory has been given back.", NULL},
-    {"exports", (getter)get_exports, NULL, "Number of live buffer exports.", NULL},
-    {"format", (getter)get_format, NULL, "struct-module format of one item.", NULL},
-    {"itemsize", (getter)get_itemsize, NULL, "Size of one item in bytes.", NULL},
-    {"ndim", (getter)get_ndim, NULL, "Number of dimensions.", NULL},
-    {"shape", (getter)get_shape, NULL, "Tuple of ndim lengths.", NULL},
-    {"strides", (getter)get_strides, NULL, "Tuple of ndim strides in bytes.", NULL},
-    {"owner", (getter)get_owner, NULL,
-     "Object kept alive until release (None after release, or if none).", NULL},
-    {"c_contiguous", (getter)get_contiguous, NULL, "True if the layout is C-contiguous.",
-     (void *)(Py_intptr_t)MB_C_CONTIG},
-    {"f_contiguous", (getter)get_contiguous, NULL, "True if the layout is Fortran-contiguous.",
-     (void *)(Py_intptr_t)MB_F_CONTIG},
-    {"contiguous", (getter)get_contiguous, NULL, "True if C- or Fortran-contiguous.",
-     (void *)(Py_intptr_t)(MB_C_CONTIG | MB_F_CONTIG)},
-    {NULL, NULL, NULL, NULL, NULL},
 };

@@ -1,10 +1,16 @@
-/* Internal declarations shared by the C sources of membuf._membuf.
+/* The map of membuf._membuf's C core: what each file owns, the object, its
+ * invariants, and the declarations the files share.
  *
  * One concern a file:
- *   buffer_object.c    creation, layout validation, release, dealloc, GC
+ *   lifetime.c         allocation and free list, creation, slices, release,
+ *                      deallocation, GC -- the exactly-once duty (release_now)
+ *   layout.c           the one format / shape / stride parser and validator
  *   buffer_protocol.c  bf_getbuffer / bf_releasebuffer (export counting)
- *   buffer_methods.c   what Python sees: attributes, len/index/slice, ==,
- *                      repr, tobytes, hex, release(), context manager
+ *   buffer_methods.c   what Python sees: len/index/slice, ==, repr, tobytes,
+ *                      hex, release(), the context manager
+ *   buffer_type.c      the type: slots, attributes, two definitions (static
+ *                      and, for abi3, from a spec)
+ *   errors.c           the shared errors and the house style of messages
  *   capi.c             the versioned C API table behind the capsule
  *   pickle.c           __reduce_ex__ and _rebuild (pickle protocol 5 out-of-band)
  *   dlpack.c           __dlpack__ and __dlpack_device__ (DLPack 1.x and legacy)
@@ -65,7 +71,7 @@
  * to change together; the plan is a per-object critical section
  * (Py_BEGIN_CRITICAL_SECTION) around getbuffer, releasebuffer and
  * membuf_release, which is where every state change happens, and a
- * per-thread (or locked) free list in buffer_object.c.  Not done here: no
+ * per-thread (or locked) free list in lifetime.c.  Not done here: no
  * free-threaded CPython is available to test it.
  */
 typedef struct {
@@ -113,11 +119,9 @@ int membuf_type_ready(void);
 
 extern MB_CAPI_CONST MemBuf_CAPI membuf_capi;
 extern PyMethodDef membuf_methods[];
-extern PyGetSetDef membuf_getset[];
-extern const char membuf_type_doc[];
 
 /* The slot functions (buffer_protocol.c, buffer_methods.c), listed in both
- * type definitions in buffer_object.c. */
+ * type definitions in buffer_type.c. */
 int membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags);
 void membuf_releasebuffer(MemBufObject *self, Py_buffer *view);
 Py_ssize_t membuf_length(MemBufObject *self);
@@ -158,7 +162,52 @@ PyObject *membuf_richcompare(PyObject *self, PyObject *other, int op);
 #define MB_IS_RELEASED(self) (((self)->flags & MB_RELEASED) != 0)
 #define MB_REFUSES_WORK(self) (((self)->flags & (MB_RELEASED | MB_PENDING)) != 0)
 
-/* buffer_object.c */
+/* The rule for every operation that touches the memory (CPython's
+ * CHECK_RELEASED): refuse a released or release-pending Buffer with
+ * ValueError, returning `error` -- and check again after anything that can
+ * run Python code (__index__, another object's export, an allocation that
+ * may collect), because that code may have released the Buffer. */
+#define MB_CHECK_RELEASED(self, error)                                                       \
+    do {                                                                                     \
+        if (MB_REFUSES_WORK(self)) {                                                         \
+            membuf_refuse(self);                                                             \
+            return (error);                                                                  \
+        }                                                                                    \
+    } while (0)
+
+/* layout.c */
+
+/* Item size of a struct-module format (or NumPy's Zf/Zd), or -1 with
+ * ValueError set. */
+Py_ssize_t membuf_itemsize_of_format(const char *format);
+
+/* Check a spec's layout with format (NULL for "B"); on success fill
+ * *ndim_out, shape_out, strides_out (C order when the spec has none),
+ * *itemsize_out and *nbytes_out.  -1 with ValueError/OverflowError set
+ * otherwise. */
+int membuf_check_layout(const MemBuf_Spec *spec, const char *format, int *ndim_out,
+                        Py_ssize_t *shape_out, Py_ssize_t *strides_out, Py_ssize_t *itemsize_out,
+                        Py_ssize_t *nbytes_out);
+
+/* MB_C_CONTIG | MB_F_CONTIG as they apply to a layout. */
+int membuf_layout_flags(int ndim, const Py_ssize_t *shape, const Py_ssize_t *strides,
+                        Py_ssize_t itemsize);
+
+/* The type code of a format that describes one item in native byte order
+ * ("d", "@d", "=d", or "<d" / ">d" in the machine's own order; NumPy's
+ * "Zf"/"Zd" complex too), or NULL for anything else. */
+const char *membuf_native_code(const char *format);
+
+/* A tuple of n Python ints, or NULL with an exception set. */
+PyObject *membuf_ssize_tuple(int n, const Py_ssize_t *values);
+
+/* lifetime.c: the type slots */
+void membuf_dealloc(MemBufObject *self);
+int membuf_traverse(MemBufObject *self, visitproc visit, void *arg);
+int membuf_clear(MemBufObject *self);
+void membuf_finalize(MemBufObject *self);
+
+/* lifetime.c */
 
 /* The one constructor.  Steals the duty to release (contract 3): on failure
  * the release callback (or the Python callable, for MB_PYCALLBACK) has been
@@ -204,7 +253,9 @@ membuf_end_export(MemBufObject *self)
     }
 }
 
-/* Raise ValueError for a released / release-pending Buffer. */
+/* errors.c */
+
+/* Raise ValueError for a released / release-pending Buffer; returns -1. */
 int membuf_refuse(MemBufObject *self);
 
 /* Raise exc with the message "<format % ...>, not <name of obj's type>";

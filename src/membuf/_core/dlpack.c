@@ -187,16 +187,9 @@ static int
 dtype_of(const MemBufObject *self, DLDataType *dtype)
 {
     const char *format = membuf_format(self);
-    const char *code = format;
-#if PY_LITTLE_ENDIAN
-    if (code[0] == '@' || code[0] == '=' || code[0] == '<') {
-#else
-    if (code[0] == '@' || code[0] == '=' || code[0] == '>' || code[0] == '!') {
-#endif
-        code++;
-    }
+    const char *code = membuf_native_code(format); /* DLPack has no other byte order */
     int kind = -1;
-    if (code[0] != '\0' && code[1] == '\0') {
+    if (code != NULL && code[1] == '\0') {
         switch (code[0]) {
         case 'b': case 'h': case 'i': case 'l': case 'q': case 'n': kind = kDLInt; break;
         case 'B': case 'H': case 'I': case 'L': case 'Q': case 'N': kind = kDLUInt; break;
@@ -205,8 +198,8 @@ dtype_of(const MemBufObject *self, DLDataType *dtype)
         default: break;
         }
     }
-    else if (strcmp(code, "Zf") == 0 || strcmp(code, "Zd") == 0) {
-        kind = kDLComplex;
+    else if (code != NULL) {
+        kind = kDLComplex; /* Zf, Zd */
     }
     if (kind < 0) {
         PyErr_Format(PyExc_BufferError,
@@ -297,10 +290,7 @@ membuf_dlpack(MemBufObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     /* Argument conversion ran __index__: check the Buffer only now. */
-    if (MB_REFUSES_WORK(self)) {
-        membuf_refuse(self);
-        return NULL;
-    }
+    MB_CHECK_RELEASED(self, NULL);
     int versioned = version[0] >= 1;
     int do_copy = copy == Py_True;
     int readonly = !(self->flags & MEMBUF_WRITABLE);

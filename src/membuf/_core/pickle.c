@@ -77,10 +77,7 @@ membuf_reduce_ex(MemBufObject *self, PyObject *protocol_obj)
         return NULL;
     }
     /* After __index__ (which may have released us), before any export. */
-    if (MB_REFUSES_WORK(self)) {
-        membuf_refuse(self);
-        return NULL;
-    }
+    MB_CHECK_RELEASED(self, NULL);
     PyObject *function = rebuild_function();
     if (function == NULL) {
         return NULL;
@@ -92,15 +89,9 @@ membuf_reduce_ex(MemBufObject *self, PyObject *protocol_obj)
         goto done; /* no further calls with an exception set */
     }
     format = PyUnicode_FromString(membuf_format(self));
-    shape = format != NULL ? PyTuple_New(self->ndim) : NULL;
+    shape = format != NULL ? membuf_ssize_tuple(self->ndim, self->shape) : NULL;
     if (shape == NULL) {
         goto done;
-    }
-    for (int i = 0; i < self->ndim; i++) {
-        PyObject *item = PyLong_FromSsize_t(self->shape[i]);
-        if (item == NULL || PyTuple_SetItem(shape, i, item) < 0) { /* SetItem steals item */
-            goto done;
-        }
     }
     result = Py_BuildValue("(O(OOOO))", function, data, format, shape,
                            (self->flags & MEMBUF_WRITABLE) ? Py_False : Py_True);

@@ -1,114 +1,21 @@
-/* The Buffer object: creation (with layout validation), release, dealloc, GC.
+/* Lifetime: allocation, the free list, creation, slices, release,
+ * deallocation and garbage collection of a Buffer.
  *
  * Ownership in one sentence: from the moment membuf_from_spec() is entered,
  * the Buffer machinery owns the duty to call the release callback exactly
  * once -- on failure right away, on success at the first release, deferred
  * release or deallocation -- and it drops `owner` right after that call.
+ * release_now() is the only place that duty is discharged (every release,
+ * deallocation and the GC included); the invariants of core.h are asserted
+ * on every path in and out of it.
  */
 #include "core.h"
 
 #include <string.h>
-#ifdef Py_LIMITED_API
-#include <structmember.h> /* T_PYSSIZET, READONLY for __weaklistoffset__ */
-#endif
 
 /* An empty Buffer created from NULL exports this address instead, so that no
  * consumer ever sees buf == NULL (memcpy(dst, NULL, 0) is undefined). */
 static char membuf_empty[1];
-
-/* ------------------------------------------------------------------------ */
-/* Formats                                                                  */
-/* ------------------------------------------------------------------------ */
-
-/* Item size of a struct-module format, or -1 with ValueError set.  Native
- * single-character formats are answered without calling into Python. */
-static Py_ssize_t
-itemsize_of_format(const char *format)
-{
-    const char *code = format[0] == '@' ? format + 1 : format;
-    if (code[0] != '\0' && code[1] == '\0') {
-        switch (code[0]) {
-        case 'b': case 'B': case 'c': case '?': return 1;
-        case 'h': case 'H': return sizeof(short);
-        case 'i': case 'I': return sizeof(int);
-        case 'l': case 'L': return sizeof(long);
-        case 'q': case 'Q': return sizeof(long long);
-        case 'n': case 'N': return sizeof(Py_ssize_t);
-        case 'e': return 2;
-        case 'f': return sizeof(float);
-        case 'd': return sizeof(double);
-        case 'P': return sizeof(void *);
-        default: break;
-        }
-    }
-    /* PEP 3118 complex formats, which NumPy exports and the struct module
-     * does not know: single items only, with any byte-order prefix. */
-    code = strchr("@=<>!", format[0]) != NULL && format[0] != '\0' ? format + 1 : format;
-    if (strcmp(code, "Zf") == 0) {
-        return 2 * (Py_ssize_t)sizeof(float);
-    }
-    if (strcmp(code, "Zd") == 0) {
-        return 2 * (Py_ssize_t)sizeof(double);
-    }
-    Py_ssize_t size = PyBuffer_SizeFromFormat(format);
-    if (size < 0) {
-        if (PyErr_ExceptionMatches(PyExc_MemoryError)) {
-            return -1; /* out of memory is not a bad format */
-        }
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyErr_NormalizeException(&type, &value, &tb);
-        PyErr_Format(PyExc_ValueError, "invalid format '%.200s': %S", format,
-                     value != NULL ? value : Py_None);
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
-        return -1;
-    }
-    if (size == 0) {
-        PyErr_Format(PyExc_ValueError, "invalid format '%.200s': items of size 0", format);
-        return -1;
-    }
-    return size;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Layouts                                                                  */
-/* ------------------------------------------------------------------------ */
-
-/* The same rule as PyBuffer_IsContiguous(): empty layouts are contiguous. */
-static int
-layout_is_contiguous(int ndim, const Py_ssize_t *shape, const Py_ssize_t *strides,
-                     Py_ssize_t itemsize, char order)
-{
-    Py_ssize_t expected = itemsize;
-    for (int i = 0; i < ndim; i++) {
-        if (shape[i] == 0) {
-            return 1;
-        }
-    }
-    for (int k = 0; k < ndim; k++) {
-        int i = order == 'C' ? ndim - 1 - k : k;
-        if (shape[i] > 1 && strides[i] != expected) {
-            return 0;
-        }
-        expected *= shape[i];
-    }
-    return 1;
-}
-
-static int
-layout_flags(int ndim, const Py_ssize_t *shape, const Py_ssize_t *strides, Py_ssize_t itemsize)
-{
-    int flags = 0;
-    if (layout_is_contiguous(ndim, shape, strides, itemsize, 'C')) {
-        flags |= MB_C_CONTIG;
-    }
-    if (layout_is_contiguous(ndim, shape, strides, itemsize, 'F')) {
-        flags |= MB_F_CONTIG;
-    }
-    return flags;
-}
 
 /* A free list of compact Buffers: wrapping plain bytes is the hot path of
  * every user.  Objects on it are untracked, own nothing, and keep the
@@ -271,142 +178,6 @@ membuf_release_unwrapped(const MemBuf_Spec *spec, int pycallback)
     }
 }
 
-static int
-mul_overflows(Py_ssize_t a, Py_ssize_t b, Py_ssize_t *out)
-{
-    /* a, b >= 0 */
-    if (a != 0 && b > PY_SSIZE_T_MAX / a) {
-        return 1;
-    }
-    *out = a * b;
-    return 0;
-}
-
-/* Check a spec's layout; on success fill *ndim_out, shape_out, strides_out
- * (strides computed for C order when the spec has none), *itemsize_out and
- * *nbytes_out.  -1 with ValueError/OverflowError set otherwise. */
-static int
-check_layout(const MemBuf_Spec *spec, const char *format, int *ndim_out, Py_ssize_t *shape_out,
-             Py_ssize_t *strides_out, Py_ssize_t *itemsize_out, Py_ssize_t *nbytes_out)
-{
-    Py_ssize_t len = (Py_ssize_t)spec->len;
-    Py_ssize_t itemsize = format != NULL ? itemsize_of_format(format) : 1;
-    if (itemsize < 0) {
-        return -1;
-    }
-    *itemsize_out = itemsize;
-    if (spec->shape == NULL) {
-        if (spec->ndim != 0 && spec->ndim != 1) {
-            PyErr_Format(PyExc_ValueError,
-                         "ndim is %d but shape is NULL (NULL shape means one dimension)",
-                         spec->ndim);
-            return -1;
-        }
-        if (spec->strides != NULL) {
-            PyErr_SetString(PyExc_ValueError, "strides given without a shape");
-            return -1;
-        }
-        if (len % itemsize != 0) {
-            PyErr_Format(PyExc_ValueError,
-                         "len %zd is not a multiple of the item size %zd of format '%.200s'",
-                         len, itemsize, format != NULL ? format : "B");
-            return -1;
-        }
-        *ndim_out = 1;
-        shape_out[0] = len / itemsize;
-        strides_out[0] = itemsize;
-        *nbytes_out = len;
-        return 0;
-    }
-    int ndim = spec->ndim;
-    if (ndim < 0 || ndim > MEMBUF_MAX_NDIM) {
-        PyErr_Format(PyExc_ValueError, "ndim %d is outside 0..%d", ndim, MEMBUF_MAX_NDIM);
-        return -1;
-    }
-    *ndim_out = ndim;
-    Py_ssize_t nitems = 1;
-    for (int i = 0; i < ndim; i++) {
-        if (spec->shape[i] < 0) {
-            PyErr_Format(PyExc_ValueError, "shape[%d] is negative (%zd)", i, spec->shape[i]);
-            return -1;
-        }
-        shape_out[i] = spec->shape[i];
-    }
-    for (int i = 0; i < ndim; i++) {
-        if (mul_overflows(nitems, shape_out[i], &nitems)) {
-            /* product(shape) may still be 0 because of a later dimension */
-            int empty = 0;
-            for (int j = i; j < ndim; j++) {
-                empty |= shape_out[j] == 0;
-            }
-            if (!empty) {
-                PyErr_SetString(PyExc_OverflowError, "the product of the shape overflows");
-                return -1;
-            }
-            nitems = 0;
-            break;
-        }
-    }
-    Py_ssize_t nbytes;
-    if (mul_overflows(nitems, itemsize, &nbytes)) {
-        PyErr_SetString(PyExc_OverflowError, "the size of the layout overflows");
-        return -1;
-    }
-    *nbytes_out = nbytes;
-    if (spec->strides == NULL) {
-        if (nbytes != len) {
-            PyErr_Format(PyExc_ValueError,
-                         "a C-contiguous layout of shape and format '%.200s' covers %zd bytes, "
-                         "but len is %zd",
-                         format != NULL ? format : "B", nbytes, len);
-            return -1;
-        }
-        /* Each stride is <= nbytes unless a dimension is 0; then no element
-         * is ever addressed, and a stride that would overflow stays as is. */
-        Py_ssize_t stride = itemsize;
-        for (int i = ndim - 1; i >= 0; i--) {
-            strides_out[i] = stride;
-            Py_ssize_t grown;
-            if (!mul_overflows(stride, shape_out[i] > 0 ? shape_out[i] : 1, &grown)) {
-                stride = grown;
-            }
-        }
-        return 0;
-    }
-    /* Explicit strides: every element must lie inside [ptr, ptr + len).
-     * Element [0, ..., 0] is at ptr, so a negative stride along a dimension
-     * of more than one item always reaches below ptr. */
-    for (int i = 0; i < ndim; i++) {
-        strides_out[i] = spec->strides[i];
-    }
-    if (nitems == 0) {
-        return 0; /* no element is ever addressed */
-    }
-    Py_ssize_t last = 0; /* offset of the last byte's item, kept <= len - itemsize */
-    if (len < itemsize) {
-        goto outside;
-    }
-    for (int i = 0; i < ndim; i++) {
-        Py_ssize_t span;
-        if (shape_out[i] == 1) {
-            continue;
-        }
-        if (strides_out[i] < 0 ||
-            mul_overflows(shape_out[i] - 1, strides_out[i], &span) ||
-            span > len - itemsize - last) {
-            goto outside;
-        }
-        last += span;
-    }
-    return 0;
-outside:
-    PyErr_Format(PyExc_ValueError,
-                 "the layout (shape, strides, format '%.200s') reaches outside the %zd bytes "
-                 "at ptr",
-                 format != NULL ? format : "B", len);
-    return -1;
-}
-
 PyObject *
 membuf_from_memory(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc release, void *ctx)
 {
@@ -476,7 +247,7 @@ membuf_from_spec(const MemBuf_Spec *spec, int pycallback)
         self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
     }
     else {
-        if (check_layout(spec, format, &ndim, shape, strides, &itemsize, &nbytes) < 0) {
+        if (membuf_check_layout(spec, format, &ndim, shape, strides, &itemsize, &nbytes) < 0) {
             goto fail;
         }
         int compact = format == NULL && ndim == 1 && (strides[0] == 1 || shape[0] <= 1);
@@ -492,7 +263,7 @@ membuf_from_spec(const MemBuf_Spec *spec, int pycallback)
         else {
             memcpy(self->shape, shape, (size_t)ndim * sizeof(Py_ssize_t));
             memcpy(self->strides, strides, (size_t)ndim * sizeof(Py_ssize_t));
-            self->flags = layout_flags(ndim, shape, strides, itemsize);
+            self->flags = membuf_layout_flags(ndim, shape, strides, itemsize);
         }
     }
     self->flags |= spec->flags;
@@ -558,7 +329,7 @@ membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *sha
     else {
         memcpy(self->shape, shape, (size_t)ndim * sizeof(Py_ssize_t));
         memcpy(self->strides, strides, (size_t)ndim * sizeof(Py_ssize_t));
-        self->flags = layout_flags(ndim, shape, strides, parent->itemsize);
+        self->flags = membuf_layout_flags(ndim, shape, strides, parent->itemsize);
     }
     self->flags |= parent->flags & MEMBUF_WRITABLE;
     self->flags |= MB_SLICE;
@@ -587,7 +358,9 @@ membuf_mark_held_export(MemBufObject *self)
 /* Release                                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* Give the memory back now.  Precondition: not released, exports == 0.
+/* Give the memory back now, the general case: slices (and the chain of
+ * parents waiting for them), Python callables, owners.  Precondition: not
+ * released, exports == 0.
  * Marks released first, then calls the callback, then drops owner.
  * Returns -1 only when a Python on_release raised (raise mode); the
  * exception is then set.
@@ -600,7 +373,7 @@ membuf_mark_held_export(MemBufObject *self)
  * an iteration is over, and a parent that was released (or exported again)
  * in the meantime ends the walk. */
 static int
-release_now(MemBufObject *self, int unraisable)
+release_walk(MemBufObject *self, int unraisable)
 {
     int rc = 0;
     PyObject *held = NULL; /* the reference to self of the slice released before it */
@@ -655,6 +428,28 @@ release_now(MemBufObject *self, int unraisable)
     }
 }
 
+/* The one way memory is given back: release_walk(), with its commonest
+ * case inline (a C callback, no owner, not a slice: what deallocating a
+ * plain Buffer does).  Same precondition, same result. */
+static inline int
+release_now(MemBufObject *self, int unraisable)
+{
+    int flags = self->flags;
+    if (!(flags & (MB_PYCALLBACK | MB_SLICE)) && self->owner == NULL) {
+        assert(!MB_IS_RELEASED(self) && self->exports == 0);
+        MemBuf_ReleaseFunc release = self->release;
+        void *ctx = self->ctx;
+        self->flags = (flags | MB_RELEASED) & ~(MB_PENDING | MB_GC_DEFERRED | MB_HELD_EXPORT);
+        self->release = NULL;
+        self->ctx = NULL;
+        if (release != NULL) {
+            release(self->mem, self->mem_len, ctx);
+        }
+        return 0;
+    }
+    return release_walk(self, unraisable);
+}
+
 int
 membuf_release(MemBufObject *self, int defer)
 {
@@ -684,48 +479,6 @@ membuf_finish_deferred_release(MemBufObject *self)
     }
 }
 
-int
-membuf_refuse(MemBufObject *self)
-{
-    if (MB_IS_RELEASED(self)) {
-        PyErr_SetString(PyExc_ValueError, "operation forbidden on released membuf.Buffer object");
-    }
-    else if (self->flags & MB_GC_DEFERRED) {
-        PyErr_SetString(PyExc_ValueError,
-                        "operation forbidden on membuf.Buffer object with a pending release "
-                        "(the garbage collector finalized it while a view was alive; its "
-                        "memory is given back when the last view ends)");
-    }
-    else {
-        PyErr_SetString(PyExc_ValueError,
-                        "operation forbidden on membuf.Buffer object with a pending release "
-                        "(release(defer=True) was called)");
-    }
-    return -1;
-}
-
-int
-membuf_type_error(PyObject *exc, PyObject *obj, const char *format, ...)
-{
-    va_list va;
-    va_start(va, format);
-    PyObject *message = PyUnicode_FromFormatV(format, va);
-    va_end(va);
-    if (message == NULL) {
-        return -1;
-    }
-#ifdef Py_LIMITED_API
-    PyObject *name = PyType_GetName(Py_TYPE(obj));
-    if (name != NULL) {
-        PyErr_Format(exc, "%U, not %.200U", message, name);
-        Py_DECREF(name);
-    }
-#else
-    PyErr_Format(exc, "%U, not %.200s", message, Py_TYPE(obj)->tp_name);
-#endif
-    Py_DECREF(message);
-    return -1;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Type slots: lifetime and GC                                              */
@@ -740,15 +493,7 @@ dealloc_body(MemBufObject *self)
     }
     assert(self->exports == 0); /* weakref callbacks see only a dead reference */
     MB_ASSERT_FIELDS(self);
-    int flags = self->flags;
-    if (!(flags & (MB_RELEASED | MB_PYCALLBACK | MB_SLICE)) && self->owner == NULL) {
-        /* The common case of release_now(), inline: a C callback, no owner. */
-        self->flags = flags | MB_RELEASED;
-        if (self->release != NULL) {
-            self->release(self->mem, self->mem_len, self->ctx);
-        }
-    }
-    else if (!(flags & MB_RELEASED)) {
+    if (!MB_IS_RELEASED(self)) {
         release_now(self, 1);
     }
     free_object(self);
@@ -784,7 +529,7 @@ postpone_dealloc(MemBufObject *self)
 }
 #endif
 
-static void
+void
 membuf_dealloc(MemBufObject *self)
 {
     if (self->flags & MB_TRACKED) {
@@ -818,7 +563,7 @@ membuf_dealloc(MemBufObject *self)
 #endif
 }
 
-static int
+int
 membuf_traverse(MemBufObject *self, visitproc visit, void *arg)
 {
 #ifdef Py_LIMITED_API
@@ -838,7 +583,7 @@ membuf_traverse(MemBufObject *self, visitproc visit, void *arg)
  * clears any, so the callback runs while everything it may use is intact.
  * With exports alive (their holders are garbage too), release is deferred to
  * the moment the GC clears them: exports are never outlived. */
-static void
+void
 membuf_finalize(MemBufObject *self)
 {
     if (MB_IS_RELEASED(self)) {
@@ -862,7 +607,7 @@ membuf_finalize(MemBufObject *self)
 
 /* References are dropped only by release (owner must outlive the memory);
  * finalize has released or deferred already.  Nothing else to break. */
-static int
+int
 membuf_clear(MemBufObject *self)
 {
     if (!MB_IS_RELEASED(self) && self->exports == 0) {
@@ -870,123 +615,3 @@ membuf_clear(MemBufObject *self)
     }
     return 0;
 }
-
-static PyObject *
-membuf_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    (void)type;
-    (void)args;
-    (void)kwargs;
-    PyErr_SetString(PyExc_TypeError,
-                    "cannot create 'membuf.Buffer' instances directly; use "
-                    "membuf.from_address() from Python, or MemBuf_FromMemory() / "
-                    "MemBuf_FromSpec() from C");
-    return NULL;
-}
-
-/* ------------------------------------------------------------------------ */
-/* The type: one list of slot functions, two definitions                    */
-/* ------------------------------------------------------------------------ */
-
-#ifndef Py_LIMITED_API
-
-static PySequenceMethods membuf_as_sequence = {
-    .sq_length = (lenfunc)membuf_length,
-    .sq_item = (ssizeargfunc)membuf_item,
-};
-
-static PyMappingMethods membuf_as_mapping = {
-    .mp_length = (lenfunc)membuf_length,
-    .mp_subscript = (binaryfunc)membuf_subscript,
-    .mp_ass_subscript = (objobjargproc)membuf_ass_subscript,
-};
-
-static PyBufferProcs membuf_as_buffer = {
-    .bf_getbuffer = (getbufferproc)membuf_getbuffer,
-    .bf_releasebuffer = (releasebufferproc)membuf_releasebuffer,
-};
-
-PyTypeObject MemBuf_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "membuf.Buffer",
-    .tp_basicsize = sizeof(MemBufObject),
-    .tp_itemsize = 1,
-    .tp_dealloc = (destructor)membuf_dealloc,
-    .tp_repr = (reprfunc)membuf_repr,
-    .tp_as_sequence = &membuf_as_sequence,
-    .tp_as_mapping = &membuf_as_mapping,
-    .tp_hash = PyObject_HashNotImplemented,
-    .tp_as_buffer = &membuf_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = membuf_type_doc,
-    .tp_traverse = (traverseproc)membuf_traverse,
-    .tp_clear = (inquiry)membuf_clear,
-    .tp_richcompare = membuf_richcompare,
-    .tp_weaklistoffset = offsetof(MemBufObject, weakreflist),
-    .tp_methods = membuf_methods,
-    .tp_getset = membuf_getset,
-    .tp_new = membuf_new,
-    .tp_finalize = (destructor)membuf_finalize,
-};
-
-int
-membuf_type_ready(void)
-{
-    return PyType_Ready(&MemBuf_Type);
-}
-
-#else /* Py_LIMITED_API: the same type, created from a spec */
-
-PyTypeObject *membuf_heap_type = NULL; /* one per process, never freed */
-
-static PyMemberDef membuf_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(MemBufObject, weakreflist), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyType_Slot membuf_slots[] = {
-    {Py_tp_dealloc, (void *)membuf_dealloc},
-    {Py_tp_repr, (void *)membuf_repr},
-    {Py_sq_length, (void *)membuf_length},
-    {Py_sq_item, (void *)membuf_item},
-    {Py_mp_length, (void *)membuf_length},
-    {Py_mp_subscript, (void *)membuf_subscript},
-    {Py_mp_ass_subscript, (void *)membuf_ass_subscript},
-    {Py_tp_hash, (void *)PyObject_HashNotImplemented},
-    {Py_bf_getbuffer, (void *)membuf_getbuffer},
-    {Py_bf_releasebuffer, (void *)membuf_releasebuffer},
-    {Py_tp_doc, (void *)membuf_type_doc},
-    {Py_tp_traverse, (void *)membuf_traverse},
-    {Py_tp_clear, (void *)membuf_clear},
-    {Py_tp_richcompare, (void *)membuf_richcompare},
-    {Py_tp_members, membuf_members},
-    {Py_tp_methods, membuf_methods},
-    {Py_tp_getset, membuf_getset},
-    {Py_tp_new, (void *)membuf_new},
-    {Py_tp_finalize, (void *)membuf_finalize},
-    {0, NULL},
-};
-
-static PyType_Spec membuf_spec = {
-    .name = "membuf.Buffer",
-    .basicsize = sizeof(MemBufObject),
-    .itemsize = 1,
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
-    .slots = membuf_slots,
-};
-
-int
-membuf_type_ready(void)
-{
-    if (membuf_heap_type != NULL) {
-        return 0; /* a second interpreter or a re-import: the type is shared */
-    }
-    membuf_heap_type = (PyTypeObject *)PyType_FromSpec(&membuf_spec);
-    if (membuf_heap_type == NULL) {
-        return -1;
-    }
-    membuf_capi.Buffer_Type = membuf_heap_type;
-    return 0;
-}
-
-#endif /* Py_LIMITED_API */
