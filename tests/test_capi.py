@@ -318,6 +318,15 @@ class TestSharedApiPointer:
         fakelib.release(buf)
         assert fakelib.releases(block) == 1
 
+    def test_the_shared_pointer_is_not_exported(self, fakelib):
+        # Hidden by default (MEMBUF_API_SYMBOL_ATTRIBUTE), as NumPy hides
+        # PY_ARRAY_UNIQUE_SYMBOL: two extensions that pick the same name
+        # must not bind to one another's pointer.
+        library = ctypes.CDLL(fakelib.__file__)
+        with pytest.raises(AttributeError, match="undefined symbol: fakelib_membuf_api"):
+            library.fakelib_membuf_api
+        assert library.PyInit_fakelib  # the module's own entry point is exported
+
     def test_new_with_bad_flags_gives_the_block_back(self, fakelib):
         gc.collect()
         before = fakelib.outstanding()
@@ -526,6 +535,23 @@ class TestReleaseAndCheck:
     def test_check_non_buffers(self, fakelib, obj):
         # None stands for NULL in fakelib.check().
         assert fakelib.check(obj) == 0
+
+    def test_is_released(self, fakelib):
+        buf = fakelib.from_memory(fakelib.alloc(8))
+        piece = buf[2:4]
+        assert fakelib.is_released(buf) == 0 and fakelib.is_released(piece) == 0
+        buf.release(defer=True)  # pending: no new export can be made
+        assert fakelib.is_released(buf) == 1 and not buf.released
+        del piece
+        assert fakelib.is_released(buf) == 1 and buf.released
+
+    @pytest.mark.parametrize("obj, name", [(b"abc", "bytes"), (None, "NULL"),
+                                           (membuf.Buffer, "type")])
+    def test_is_released_of_a_non_buffer(self, fakelib, obj, name):
+        with pytest.raises(
+            TypeError, match=rf"^MemBuf_IsReleased: expected a membuf\.Buffer, not {name}$"
+        ):
+            fakelib.is_released(obj)
 
     def test_check_memoryview_of_a_buffer(self, fakelib):
         buf = fakelib.from_memory(fakelib.alloc(4))
@@ -1138,6 +1164,46 @@ class TestImportMembuf:
             )
             assert fakelib.reimport() is None
         assert fakelib.reimport() is None
+
+    def test_an_extension_built_for_an_older_api_version(self, fakelib, tmp_path, monkeypatch):
+        """MEMBUF_TARGET_API_VERSION 1: imports against this membuf (API 2) and
+        against one that provides only API 1, where a default build fails."""
+        from conftest import build_extension
+
+        old = build_extension("target_v1", ["target_v1.c"], tmp_path)
+        assert old.target() == 1 and membuf.API_VERSION >= 2
+        assert old.wrap_empty().nbytes == 0
+        with monkeypatch.context() as patch:
+            patch.setattr(membuf._membuf, "_C_API", fakelib.fake_capsule(fakelib.ABI_VERSION, 1))
+            assert old.reimport() is None  # an older membuf is enough for it
+            with pytest.raises(ImportError, match="needs API version 2 or newer"):
+                fakelib.reimport()  # built for the newest API version
+        assert old.reimport() is None and fakelib.reimport() is None
+
+    @pytest.mark.parametrize("prelude, message", [
+        ("#define USE_V2\n", "MemBuf_IsReleased"),  # not declared for API version 1
+        ("#define MEMBUF_TARGET_API_VERSION 3\n",
+         "MEMBUF_TARGET_API_VERSION must be between 1 and MEMBUF_API_VERSION"),
+        ("#define MEMBUF_TARGET_API_VERSION 0\n",
+         "MEMBUF_TARGET_API_VERSION must be between 1 and MEMBUF_API_VERSION"),
+    ], ids=["newer-function", "target-too-new", "target-0"])
+    def test_what_a_target_version_refuses_to_compile(self, tmp_path, prelude, message):
+        import subprocess
+        import sysconfig
+
+        from conftest import CAPI_DIR
+
+        source = tmp_path / "target.c"
+        text = (CAPI_DIR / "target_v1.c").read_text()
+        if "TARGET" in prelude:
+            text = text.replace("#define MEMBUF_TARGET_API_VERSION 1\n", "")
+        source.write_text(prelude + text)
+        result = subprocess.run(
+            ["cc", "-std=c11", "-Wall", "-Werror", "-c", "-o", str(tmp_path / "target.o"),
+             f"-I{membuf.get_include()}", f"-I{sysconfig.get_paths()['include']}", str(source)],
+            capture_output=True, text=True, check=False)
+        assert result.returncode != 0
+        assert message in result.stderr
 
     def test_missing_capsule(self, fakelib, monkeypatch):
         with monkeypatch.context() as patch:

@@ -1123,3 +1123,18 @@ def test_typed_2d_item_assignment(typed):
     buf[2, 3] = -7
     assert buf[2, 3] == -7
     assert ctypes.c_int.from_address(base + 2 * 24 + 3 * 4).value == -7
+
+
+def test_the_version_has_one_source():
+    """meson.build's project(version:) reaches the package metadata and
+    membuf.__version__ (through the C module) alike."""
+    import importlib.metadata
+    import pathlib
+    import re
+
+    assert membuf.__version__ == membuf._membuf.__version__
+    assert membuf.__version__ == importlib.metadata.version("membuf")
+    meson = pathlib.Path(__file__).parent.parent / "meson.build"
+    if meson.exists():  # a source checkout
+        declared = re.search(r"version: '([^']+)'", meson.read_text()).group(1)
+        assert membuf.__version__ == declared

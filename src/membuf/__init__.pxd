@@ -29,11 +29,11 @@ from cpython.object cimport PyObject
 
 
 cdef extern from "membuf.h":
-    const char *MEMBUF_VERSION          # "0.1.0"
     const char *MEMBUF_CAPSULE_NAME     # "membuf._membuf._C_API"
     enum:
         MEMBUF_ABI_VERSION   # must equal membuf.ABI_VERSION (import_membuf checks)
-        MEMBUF_API_VERSION   # at most membuf.API_VERSION (import_membuf checks)
+        MEMBUF_API_VERSION   # the newest API version the header knows
+        MEMBUF_TARGET_API_VERSION  # at most membuf.API_VERSION (import_membuf checks)
         MEMBUF_WRITABLE      # creation flag: exports may be writable
         MEMBUF_DEFER         # release flag: release when the last export ends
         MEMBUF_MAX_NDIM      # 64, as memoryview
@@ -80,6 +80,10 @@ cdef extern from "membuf.h":
 
     # True if obj is a membuf.Buffer.  Never fails (after import_membuf()).
     bint MemBuf_Check(object obj) noexcept
+
+    # API version 2: 1 if the memory was given back (or a deferred release is
+    # pending), 0 if live; -1 and raises TypeError if buf is not a Buffer.
+    int MemBuf_IsReleased(object buf) except -1
 
     # The header's import function, under another Cython name so that the
     # wrapper below can be called import_membuf.  Sets ImportError on failure.

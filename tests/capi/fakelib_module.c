@@ -252,6 +252,18 @@ py_check(PyObject *module, PyObject *obj)
     return PyLong_FromLong(result);
 }
 
+/* is_released(obj) -> int: MemBuf_IsReleased (obj None means NULL). */
+static PyObject *
+py_is_released(PyObject *module, PyObject *obj)
+{
+    (void)module;
+    int result = MemBuf_IsReleased(obj == Py_None ? NULL : obj);
+    if (result < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(result);
+}
+
 /* getbuffer(obj, flags) -> dict of the Py_buffer fields of one export,
  * released before returning (the counts are observed by the tests). */
 static PyObject *
@@ -393,6 +405,7 @@ static PyMethodDef methods[] = {
     {"release", py_release, METH_VARARGS, NULL},
     {"release_null", py_release_null, METH_NOARGS, NULL},
     {"check", py_check, METH_O, NULL},
+    {"is_released", py_is_released, METH_O, NULL},
     {"getbuffer", py_getbuffer, METH_VARARGS, NULL},
     {"wrap_with_hook", py_wrap_with_hook, METH_VARARGS, NULL},
     {"releases", py_releases, METH_O, NULL},

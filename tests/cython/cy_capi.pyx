@@ -39,10 +39,10 @@ cdef void drop_ref(void *ptr, size_t len, void *ctx) noexcept:
 
 def constants():
     return {
-        "MEMBUF_VERSION": membuf.MEMBUF_VERSION.decode(),
         "MEMBUF_CAPSULE_NAME": membuf.MEMBUF_CAPSULE_NAME.decode(),
         "MEMBUF_ABI_VERSION": membuf.MEMBUF_ABI_VERSION,
         "MEMBUF_API_VERSION": membuf.MEMBUF_API_VERSION,
+        "MEMBUF_TARGET_API_VERSION": membuf.MEMBUF_TARGET_API_VERSION,
         "MEMBUF_WRITABLE": membuf.MEMBUF_WRITABLE,
         "MEMBUF_DEFER": membuf.MEMBUF_DEFER,
         "MEMBUF_MAX_NDIM": membuf.MEMBUF_MAX_NDIM,

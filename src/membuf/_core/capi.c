@@ -13,17 +13,25 @@ capi_from_spec(const MemBuf_Spec *spec)
     return membuf_from_spec(spec, 0);
 }
 
+/* 0 if obj is a Buffer; -1 with TypeError naming the C function if not. */
+static int
+expect_buffer(PyObject *obj, const char *function)
+{
+    if (obj == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a membuf.Buffer, not NULL", function);
+        return -1;
+    }
+    if (!MemBuf_CheckExact(obj)) {
+        return membuf_type_error(PyExc_TypeError, obj, "%s: expected a membuf.Buffer", function);
+    }
+    return 0;
+}
+
 static int
 capi_release(PyObject *obj, int flags)
 {
-    if (obj == NULL || !MemBuf_CheckExact(obj)) {
-        if (obj == NULL) {
-            PyErr_SetString(PyExc_TypeError,
-                            "MemBuf_Release: expected a membuf.Buffer, not NULL");
-            return -1;
-        }
-        return membuf_type_error(PyExc_TypeError, obj,
-                                 "MemBuf_Release: expected a membuf.Buffer");
+    if (expect_buffer(obj, "MemBuf_Release") < 0) {
+        return -1;
     }
     if (flags & ~MEMBUF_DEFER) {
         PyErr_Format(PyExc_ValueError, "MemBuf_Release: unknown flags 0x%x (known: MEMBUF_DEFER)",
@@ -34,9 +42,12 @@ capi_release(PyObject *obj, int flags)
 }
 
 static int
-capi_check(PyObject *obj)
+capi_is_released(PyObject *obj)
 {
-    return obj != NULL && MemBuf_CheckExact(obj);
+    if (expect_buffer(obj, "MemBuf_IsReleased") < 0) {
+        return -1;
+    }
+    return MB_REFUSES_WORK((MemBufObject *)obj);
 }
 
 /* In the limited build, Buffer_Type is set by membuf_type_ready(). */
@@ -49,5 +60,5 @@ MB_CAPI_CONST MemBuf_CAPI membuf_capi = {
     .FromMemory = membuf_from_memory,
     .FromSpec = capi_from_spec,
     .Release = capi_release,
-    .Check = capi_check,
+    .IsReleased = capi_is_released,
 };

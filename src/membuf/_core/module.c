@@ -5,6 +5,13 @@
 
 #include <stdint.h>
 
+/* The package version: one source, meson.build's project(version:), passed
+ * in by src/membuf/meson.build (builds outside meson, such as the fuzzer,
+ * have none). */
+#ifndef MEMBUF_PACKAGE_VERSION
+#define MEMBUF_PACKAGE_VERSION "0+unknown"
+#endif
+
 /* ------------------------------------------------------------------------ */
 /* from_address(address, size, *, readonly=True, owner=None, on_release=None) */
 /* ------------------------------------------------------------------------ */
@@ -236,7 +243,7 @@ module_exec(PyObject *module)
     }
     if (PyModule_AddIntConstant(module, "ABI_VERSION", MEMBUF_ABI_VERSION) < 0 ||
         PyModule_AddIntConstant(module, "API_VERSION", MEMBUF_API_VERSION) < 0 ||
-        PyModule_AddStringConstant(module, "HEADER_VERSION", MEMBUF_VERSION) < 0) {
+        PyModule_AddStringConstant(module, "__version__", MEMBUF_PACKAGE_VERSION) < 0) {
         return -1;
     }
     if (PyModule_AddIntConstant(module, "LIMITED_API", MB_LIMITED_API) < 0) {

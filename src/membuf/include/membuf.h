@@ -104,6 +104,12 @@
  *  int MemBuf_Check(PyObject *obj);
  *      1 if obj is a membuf.Buffer, else 0.  Never fails.
  *
+ *  int MemBuf_IsReleased(PyObject *buf);                   (API version 2)
+ *      1 if the Buffer's memory has been given back (or a deferred release
+ *      is pending: no new export can be made), 0 if it is live; -1 with
+ *      TypeError if buf is not a Buffer.  Lets a "valid until the next
+ *      call" wrapper see whether a Buffer it handed out still holds views.
+ *
  *  Errors from the constructors (the release callback has run in each case):
  *      ValueError     NULL ptr with len > 0; unknown flag bits; invalid or
  *                     zero-sized format; ndim outside 0..64; shape NULL with
@@ -125,6 +131,10 @@
  *      // in every file EXCEPT the one that calls import_membuf():
  *      #define MEMBUF_NO_IMPORT
  *
+ *  The shared pointer is a hidden symbol (visible to the files of one
+ *  shared object only, as NumPy's PY_ARRAY_UNIQUE_SYMBOL): define
+ *  MEMBUF_API_SYMBOL_ATTRIBUTE (e.g. empty) to choose another visibility.
+ *
  * ======================================================================
  *  VERSIONS
  * ======================================================================
@@ -132,10 +142,19 @@
  *  The API table travels in the capsule "membuf._membuf._C_API".  Its ABI
  *  version must equal MEMBUF_ABI_VERSION (bumped only when the table or the
  *  spec struct changes incompatibly); its API version must be at least the
- *  MEMBUF_API_VERSION this file declares (bumped when entries are appended;
- *  the table is append-only).  import_membuf() checks both and raises
+ *  version the extension targets (bumped when entries are appended; the
+ *  table is append-only).  import_membuf() checks both and raises
  *  ImportError naming the numbers and the fix.  The pointer it stores stays
  *  valid for the life of the process.
+ *
+ *  An extension targets the newest API version this header knows
+ *  (MEMBUF_API_VERSION) unless it says otherwise, as NumPy's
+ *  NPY_TARGET_VERSION: to run against an older membuf too, define
+ *
+ *      #define MEMBUF_TARGET_API_VERSION 1   // before #include <membuf.h>
+ *
+ *  and only the functions of that version are declared; import_membuf()
+ *  then accepts any membuf whose API version is at least 1.
  */
 #ifndef MEMBUF_H
 #define MEMBUF_H
@@ -150,9 +169,17 @@
 extern "C" {
 #endif
 
-#define MEMBUF_VERSION "0.1.0"
 #define MEMBUF_ABI_VERSION 1 /* must match exactly */
-#define MEMBUF_API_VERSION 1 /* the installed membuf must provide at least this */
+#define MEMBUF_API_VERSION 2 /* the newest API version this header knows */
+
+/* The API version an extension is built for (see VERSIONS above): the
+ * installed membuf must provide at least this one. */
+#ifndef MEMBUF_TARGET_API_VERSION
+#define MEMBUF_TARGET_API_VERSION MEMBUF_API_VERSION
+#endif
+#if MEMBUF_TARGET_API_VERSION < 1 || MEMBUF_TARGET_API_VERSION > MEMBUF_API_VERSION
+#error "MEMBUF_TARGET_API_VERSION must be between 1 and MEMBUF_API_VERSION"
+#endif
 
 /* Creation flags (MemBuf_FromMemory, MemBuf_Spec.flags). */
 #define MEMBUF_WRITABLE 0x1 /* exports may be writable; default is read-only */
@@ -184,17 +211,25 @@ typedef struct MemBuf_Spec {
                                    released, then dropped; may be NULL */
 } MemBuf_Spec;
 
-/* The table behind the capsule.  Append-only: new entries go at the end and
- * bump MEMBUF_API_VERSION. */
+/* The table behind the capsule.  Its layout rules hold forever:
+ *   - abi_version and api_version are the first two fields: import_membuf()
+ *     of every version reads them before anything else;
+ *   - append-only: a new entry goes at the end and bumps MEMBUF_API_VERSION,
+ *     so an extension built for an older API version never reads past the
+ *     entries that version had;
+ *   - changing or removing an entry bumps MEMBUF_ABI_VERSION (every
+ *     extension must then be rebuilt). */
 typedef struct MemBuf_CAPI {
     unsigned int abi_version;
     unsigned int api_version;
-    PyTypeObject *Buffer_Type;
+    /* API version 1 */
+    PyTypeObject *Buffer_Type; /* MemBuf_Check() compares with it inline */
     PyObject *(*FromMemory)(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc release,
                             void *ctx);
     PyObject *(*FromSpec)(const MemBuf_Spec *spec);
     int (*Release)(PyObject *buf, int flags);
-    int (*Check)(PyObject *obj);
+    /* API version 2 */
+    int (*IsReleased)(PyObject *buf);
 } MemBuf_CAPI;
 
 #define MEMBUF_CAPSULE_NAME "membuf._membuf._C_API"
@@ -203,10 +238,17 @@ typedef struct MemBuf_CAPI {
 
 #if defined(MEMBUF_UNIQUE_SYMBOL)
 #define MemBuf_API MEMBUF_UNIQUE_SYMBOL
-#if defined(MEMBUF_NO_IMPORT)
-extern const MemBuf_CAPI *MemBuf_API;
+#ifndef MEMBUF_API_SYMBOL_ATTRIBUTE /* hidden: shared by one extension's files only */
+#if defined(__GNUC__) && !defined(_WIN32)
+#define MEMBUF_API_SYMBOL_ATTRIBUTE __attribute__((visibility("hidden")))
 #else
-const MemBuf_CAPI *MemBuf_API = NULL;
+#define MEMBUF_API_SYMBOL_ATTRIBUTE
+#endif
+#endif
+#if defined(MEMBUF_NO_IMPORT)
+extern MEMBUF_API_SYMBOL_ATTRIBUTE const MemBuf_CAPI *MemBuf_API;
+#else
+MEMBUF_API_SYMBOL_ATTRIBUTE const MemBuf_CAPI *MemBuf_API = NULL;
 #endif
 #else
 #if defined(MEMBUF_NO_IMPORT)
@@ -269,6 +311,17 @@ MemBuf_Check(PyObject *obj)
     return obj != NULL && Py_IS_TYPE(obj, MemBuf_API->Buffer_Type);
 }
 
+#if MEMBUF_TARGET_API_VERSION >= 2
+static inline int
+MemBuf_IsReleased(PyObject *buf)
+{
+    if (MemBuf_API == NULL) {
+        return _MemBuf_NotImported();
+    }
+    return MemBuf_API->IsReleased(buf);
+}
+#endif
+
 /* Import the C API: 0 on success, -1 with ImportError set. */
 static inline int
 import_membuf(void)
@@ -307,12 +360,12 @@ import_membuf(void)
                      api->abi_version, (unsigned int)MEMBUF_ABI_VERSION);
         return -1;
     }
-    if (api->api_version < MEMBUF_API_VERSION) {
+    if (api->api_version < MEMBUF_TARGET_API_VERSION) {
         PyErr_Format(PyExc_ImportError,
                      "membuf C API version too old: the installed membuf provides API version %u, "
                      "this extension needs API version %u or newer; upgrade membuf "
                      "(pip install -U membuf)",
-                     api->api_version, (unsigned int)MEMBUF_API_VERSION);
+                     api->api_version, (unsigned int)MEMBUF_TARGET_API_VERSION);
         return -1;
     }
     MemBuf_API = api;
