@@ -40,9 +40,13 @@ alloc_compact(void)
         /* A new reference as for a new object (as CPython's own free lists
          * do): refcount 1, the debug counts, and tracemalloc's allocation
          * site.  The GC header is already right (untracked). */
+#if !defined(Py_LIMITED_API) && !defined(Py_GIL_DISABLED)
+        _Py_NewReference((PyObject *)self); /* what PyObject_Init does, less the type */
+#else
         (void)PyObject_Init((PyObject *)self, MEMBUF_TYPE);
 #ifdef Py_LIMITED_API
         Py_DECREF(MEMBUF_TYPE); /* it kept its type reference on the free list */
+#endif
 #endif
         assert(self->exports == 0 && self->weakreflist == NULL && self->format == NULL);
         assert(self->ndim == 1 && self->itemsize == 1);
