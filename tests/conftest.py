@@ -46,3 +46,39 @@ def build_extension(name, sources, build_dir, source_dir=CAPI_DIR, limited_api=F
 @pytest.fixture(scope="session")
 def fakelib(tmp_path_factory):
     return build_extension("fakelib", FAKELIB_SOURCES, tmp_path_factory.mktemp("capi"))
+
+
+# ---------------------------------------------------------------------------
+# Helpers shared by the test files (import them: `from conftest import ...`)
+# ---------------------------------------------------------------------------
+
+
+def libc():
+    """The C library through ctypes, with malloc and free typed."""
+    import ctypes
+    import ctypes.util
+
+    lib = ctypes.CDLL(ctypes.util.find_library("c"))
+    lib.malloc.restype = ctypes.c_void_p
+    lib.malloc.argtypes = [ctypes.c_size_t]
+    lib.free.restype = None
+    lib.free.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def hypothesis_profile(prefix):
+    """The registered Hypothesis profile `<prefix>-ci` or `<prefix>-long`,
+    chosen by MEMBUF_HYPOTHESIS_PROFILE (default ci); its max_examples
+    overridden by MEMBUF_HYPOTHESIS_EXAMPLES when that is set."""
+    import os
+
+    from hypothesis import settings
+
+    name = os.environ.get("MEMBUF_HYPOTHESIS_PROFILE", "ci")
+    if name not in ("ci", "long"):
+        raise ValueError(f"MEMBUF_HYPOTHESIS_PROFILE must be 'ci' or 'long', not {name!r}")
+    chosen = settings.get_profile(f"{prefix}-{name}")
+    examples = os.environ.get("MEMBUF_HYPOTHESIS_EXAMPLES")
+    if examples:
+        chosen = settings(chosen, max_examples=int(examples))
+    return chosen

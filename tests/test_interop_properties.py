@@ -43,7 +43,6 @@ MEMBUF_HYPOTHESIS_EXAMPLES=N overrides the number of examples of either profile.
 """
 
 import itertools
-import os
 import pickle
 import struct
 import sys
@@ -55,6 +54,7 @@ from hypothesis import strategies as st
 from hypothesis import event, given
 
 import membuf
+from conftest import hypothesis_profile
 
 # ---------------------------------------------------------------------------
 # profiles
@@ -80,18 +80,7 @@ settings.register_profile(
 )
 
 
-def profile_settings():
-    name = os.environ.get("MEMBUF_HYPOTHESIS_PROFILE", "ci")
-    if name not in ("ci", "long"):
-        raise ValueError(f"MEMBUF_HYPOTHESIS_PROFILE must be 'ci' or 'long', not {name!r}")
-    chosen = settings.get_profile(f"membuf-interop-{name}")
-    examples = os.environ.get("MEMBUF_HYPOTHESIS_EXAMPLES")
-    if examples:
-        chosen = settings(chosen, max_examples=int(examples))
-    return chosen
-
-
-PROFILE = profile_settings()
+PROFILE = hypothesis_profile("membuf-interop")
 
 
 @pytest.fixture(scope="module", autouse=True)

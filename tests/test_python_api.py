@@ -5,7 +5,6 @@ around it (get_include, python -m membuf, version, typing stubs)."""
 import array
 import ast
 import ctypes
-import ctypes.util
 import gc
 import importlib.metadata
 import os
@@ -18,6 +17,7 @@ import weakref
 import pytest
 
 import membuf
+from conftest import libc
 
 MAX_POINTER = 2 ** (8 * ctypes.sizeof(ctypes.c_void_p)) - 1
 
@@ -32,16 +32,7 @@ ABSENT = next(v for v in range(256) if v not in DATA)
 # ---------------------------------------------------------------------------
 
 
-def _libc():
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.malloc.restype = ctypes.c_void_p
-    libc.malloc.argtypes = [ctypes.c_size_t]
-    libc.free.restype = None
-    libc.free.argtypes = [ctypes.c_void_p]
-    return libc
-
-
-LIBC = _libc()
+LIBC = libc()
 
 
 class Recorder:

@@ -47,9 +47,7 @@ Profiles (chosen with the environment variable MEMBUF_HYPOTHESIS_PROFILE):
 
 import collections
 import ctypes
-import ctypes.util
 import gc
-import os
 import struct
 import weakref
 
@@ -66,6 +64,7 @@ from hypothesis.stateful import (
 
 import _testbuffer
 import membuf
+from conftest import hypothesis_profile, libc
 
 PyBUF_FULL_RO = _testbuffer.PyBUF_FULL_RO
 
@@ -90,27 +89,7 @@ settings.register_profile(
 )
 
 
-def profile_settings():
-    name = os.environ.get("MEMBUF_HYPOTHESIS_PROFILE", "ci")
-    if name not in ("ci", "long"):
-        raise ValueError(f"MEMBUF_HYPOTHESIS_PROFILE must be 'ci' or 'long', not {name!r}")
-    chosen = settings.get_profile(f"membuf-{name}")
-    examples = os.environ.get("MEMBUF_HYPOTHESIS_EXAMPLES")
-    if examples:
-        chosen = settings(chosen, max_examples=int(examples))
-    return chosen
-
-
-def _libc():
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.malloc.restype = ctypes.c_void_p
-    libc.malloc.argtypes = [ctypes.c_size_t]
-    libc.free.restype = None
-    libc.free.argtypes = [ctypes.c_void_p]
-    return libc
-
-
-LIBC = _libc()
+LIBC = libc()
 # What the sequences reached, counted over the whole test: the test asserts
 # that every interesting path was taken (so the generator cannot quietly
 # degenerate into sequences that test nothing).
@@ -645,7 +624,7 @@ def test_state_machine(fakelib, tmp_path_factory):
 
 
 def run_machine(fakelib):
-    chosen = profile_settings()
+    chosen = hypothesis_profile("membuf")
     # Everything that exists before the test (pytest, NumPy, Hypothesis) goes
     # to the GC's permanent generation, so that each gc.collect() scans only
     # what the test made: the same collection of our cycles, 50x cheaper.
