@@ -76,7 +76,9 @@
  *
  * 10. Owners and GC.  A Buffer holding an owner (or a Python on_release
  *     callable) takes part in cyclic GC; a cycle through the owner is
- *     collected and the callback runs once.
+ *     collected and the callback runs once.  Every reference a Buffer holds
+ *     (owner, callable, the export a slice or an unpickled Buffer holds) is
+ *     visible to the GC.
  *
  * ======================================================================
  *  THE FUNCTIONS
