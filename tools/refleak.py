@@ -8,6 +8,17 @@ Usage (from the repository root, with a debug interpreter, e.g. Debian's
 
 ``.ci/refleak.sh`` sets up such an interpreter and runs this over the core tests.
 
+Why a plugin of our own: the maintained alternatives do not do this job.
+``pytest-leaks`` (0.3.1, 2019, the last release) carries copies of regrtest's
+``dash_R`` for 2.7/3.5/3.8 only: on 3.11 it misses what regrtest learnt since
+(quickened-code blocks in ``getallocatedblocks()``, the cleanups of newer
+caches, the rerun of a flagged test), and it cannot tell a debug total that
+drifts because a release-ABI extension (numpy) was called from a real leak
+(below).  CPython's own ``python -m test -R`` runs unittest modules, not
+pytest items with fixtures.  ``pytest-run-parallel`` and its neighbours look
+for thread-safety, not leaks.  What is regrtest's here is regrtest's rule;
+what is ours is said below, under "Beyond regrtest".
+
 What it does, per selected test item (the model is ``dash_R()`` in CPython 3.11's
 Lib/test/libregrtest/refleak.py):
 
