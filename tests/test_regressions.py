@@ -157,3 +157,98 @@ def test_tracemalloc_sees_where_a_recycled_buffer_was_made():
 
 # The DLPack deleter that hung inside a subinterpreter (export_free() called
 # PyGILState_Ensure()) has its tests in test_subinterpreters.py.
+
+
+# The DLPack deleter, called from threads and interpreters the consumer
+# chooses (red-team review).  Each runs in a child: a failure there may crash.
+FOREIGN_THREAD_WHILE_ANOTHER_HOLDS_THE_GIL = r'''
+import ctypes, threading, time, membuf
+api = ctypes.pythonapi
+api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
+libc = ctypes.CDLL(None)
+mem = ctypes.create_string_buffer(64)
+seen = []
+def on_release():
+    seen.append((api.PyGILState_Check(), threading.get_ident()))
+buf = membuf.from_address(ctypes.addressof(mem), 64, on_release=on_release)
+capsule = buf.__dlpack__(max_version=(1, 0))
+tensor = api.PyCapsule_GetPointer(capsule, b"dltensor_versioned")
+api.PyCapsule_SetName(capsule, b"used_dltensor_versioned")   # consumed: ours to delete
+del capsule
+buf.release(defer=True)
+deleter = ctypes.c_void_p.from_address(tensor + 16).value
+tid = ctypes.c_ulong()
+assert libc.pthread_create(ctypes.byref(tid), None, ctypes.c_void_p(deleter),
+                           ctypes.c_void_p(tensor)) == 0
+start = time.monotonic()
+while not seen and time.monotonic() - start < 20:   # the main thread keeps taking the GIL
+    pass
+libc.pthread_join(tid, None)
+(gil_held, ident), = seen
+assert gil_held == 1, "on_release ran without the GIL"
+assert ident == tid.value, "on_release ran on another thread's thread state"
+print("ok")
+'''
+
+CONSUMER_OUTLIVES_THE_SUBINTERPRETER = r'''
+import ctypes, sys, _testcapi
+slot = (ctypes.c_void_p * 1)()
+code = """
+import ctypes, functools, os, membuf
+api = ctypes.pythonapi
+api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
+mem = ctypes.create_string_buffer(64)
+buf = membuf.from_address(ctypes.addressof(mem), 64,
+                          on_release=functools.partial(os.write, 1, b"released\\n"))
+capsule = buf.__dlpack__(max_version=(1, 0))
+tensor = api.PyCapsule_GetPointer(capsule, b"dltensor_versioned")
+api.PyCapsule_SetName(capsule, b"used_dltensor_versioned")
+(ctypes.c_void_p * 1).from_address(%d)[0] = tensor
+buf.release(defer=True)
+del capsule
+""" % ctypes.addressof(slot)
+assert _testcapi.run_in_subinterp(code) == 0          # the interpreter is gone now
+tensor = slot[0]
+deleter = ctypes.c_void_p.from_address(tensor + 16).value
+junk = [bytearray(4096) for _ in range(2000)]          # reuse the freed interpreter's memory
+call = (ctypes.CFUNCTYPE if sys.argv[1] == "without-the-gil" else ctypes.PYFUNCTYPE)(
+    None, ctypes.c_void_p)
+call(deleter)(tensor)                                  # must not touch the dead interpreter
+print("ok")
+'''
+
+
+def _run_child(code, *args):
+    import subprocess
+    import sys
+
+    try:
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                              text=True, timeout=60)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the child hung: {exc}")
+
+
+@pytest.mark.skipif(bool(membuf._membuf.LIMITED_API), reason="not the abi3 build: its deleter "
+                    "always goes through PyGILState_Ensure (test_dlpack covers it)")
+def test_dlpack_deleter_from_a_foreign_thread_while_another_holds_the_gil():
+    # 3.11's current thread state is the process's: a foreign thread saw it
+    # and ended the export without the GIL, on the main thread's state.
+    result = _run_child(FOREIGN_THREAD_WHILE_ANOTHER_HOLDS_THE_GIL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "ok\n"
+
+
+@pytest.mark.skipif(bool(membuf._membuf.LIMITED_API),
+                    reason="the abi3 build makes no DLPack capsules in subinterpreters")
+@pytest.mark.parametrize("how", ["without-the-gil", "with-the-gil"])
+def test_dlpack_consumer_that_outlives_the_buffers_subinterpreter(how):
+    # The deleter read the freed interpreter (SIGSEGV in PyThreadState_New).
+    # Now: the export cannot end; the block is leaked, nothing is touched.
+    result = _run_child(CONSUMER_OUTLIVES_THE_SUBINTERPRETER, how)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "ok\n"  # and never "released": the interpreter is gone

@@ -363,7 +363,37 @@ def test_pickle_protocol_5_in_a_subinterpreter():
 # DLPack
 # ---------------------------------------------------------------------------
 
+# The stable-ABI build cannot tell which thread holds a subinterpreter's GIL
+# (the 3.11 limited API has no PyGILState_Check and no unchecked thread-state
+# getter), so its __dlpack__ refuses outside the main interpreter rather
+# than risk a deadlock; test_abi3_build_refuses_dlpack_in_a_subinterpreter
+# checks that refusal.
+ABI3 = bool(membuf._membuf.LIMITED_API)
+DLPACK_IN_SUBINTERPRETERS = pytest.mark.skipif(
+    ABI3, reason="the abi3 build exports DLPack capsules in the main interpreter only")
 
+
+@pytest.mark.skipif(not ABI3, reason="the default build exports DLPack in subinterpreters "
+                                     "(tested by the other DLPack tests here)")
+def test_abi3_build_refuses_dlpack_in_a_subinterpreter():
+    """The abi3 build refuses __dlpack__ in a subinterpreter with BufferError
+    (never a capsule whose deleter could deadlock), and changes nothing."""
+    lines, stderr = run_in_subinterpreter('''
+        buf = membuf.from_address(ADDRESS, 16, on_release=on_release)
+        try:
+            buf.__dlpack__(max_version=(1, 0))
+        except BufferError as exc:
+            say("refused", "main interpreter only" in str(exc), buf.exports)
+        buf.release()
+        say("calls", len(calls))
+    ''')
+    assert stderr == ""
+    assert lines == ["refused True 0", "released buf in own interpreter", "calls 1",
+                     "SUBINTERPRETER DONE", "DESTROYED"]
+
+
+
+@DLPACK_IN_SUBINTERPRETERS
 def test_unconsumed_dlpack_capsule_dropped_in_a_subinterpreter():
     """A DLPack capsule nobody consumed ends its export when it is dropped in
     a subinterpreter (versioned, legacy and copy=True capsules), without
@@ -443,6 +473,7 @@ def delete_on_a_native_thread(tensor, deleter):
 '''
 
 
+@DLPACK_IN_SUBINTERPRETERS
 @pytest.mark.parametrize("how", ["without-the-gil", "native-thread", "python-thread"])
 def test_dlpack_deleter_called_by_a_consumer_in_a_subinterpreter(how):
     """A consumer may call the deleter of a Buffer's DLPack tensor from any
@@ -502,6 +533,7 @@ def _skip_if_numpy_refused(lines):
             pytest.skip(line[len("SKIP "):])
 
 
+@DLPACK_IN_SUBINTERPRETERS
 def test_dlpack_numpy_consumer_in_a_subinterpreter():
     """NumPy (when it imports in a subinterpreter at all) consumes a Buffer
     through DLPack and the buffer protocol there: read-only stays read-only,
@@ -569,6 +601,8 @@ def test_buffers_alive_when_the_subinterpreter_is_destroyed(name):
     slice, under a Buffer rebuilt from its pickle, an unconsumed DLPack
     capsule, a NumPy array or DLPack consumer -- provided the callback does
     not lead back to those globals (here a functools.partial of os.write)."""
+    if ABI3 and "dlpack" in name:
+        pytest.skip("the abi3 build exports DLPack capsules in the main interpreter only")
     uses_numpy = name.startswith("numpy")
     if uses_numpy:
         pytest.importorskip("numpy")

@@ -69,10 +69,9 @@
  * Free-threading plan: every field is read and written with the GIL held.
  * A free-threaded build would need `exports` and the state bits in `flags`
  * to change together; the plan is a per-object critical section
- * (Py_BEGIN_CRITICAL_SECTION) around getbuffer, releasebuffer and
- * membuf_release, which is where every state change happens, and a
- * per-thread (or locked) free list in lifetime.c.  Not done here: no
- * free-threaded CPython is available to test it.
+ * (Py_BEGIN_CRITICAL_SECTION) around getbuffer, releasebuffer,
+ * membuf_release and release_now (where every state change happens), and a
+ * per-thread (or locked) free list in lifetime.c.  Not done yet.
  */
 typedef struct {
     PyObject_VAR_HEAD
@@ -232,9 +231,9 @@ void membuf_release_unwrapped(const MemBuf_Spec *spec, int pycallback);
 PyObject *membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *shape,
                           const Py_ssize_t *strides);
 
-/* A Buffer just created whose ctx is a Py_buffer export of another object
- * (its release callback ends that export): mark it so that tp_traverse
- * visits the exporter, and track it. */
+/* A Buffer just created, with an owner, whose ctx is a Py_buffer export of
+ * another object (its release callback ends that export): mark it so that
+ * tp_traverse visits the exporter. */
 void membuf_mark_held_export(MemBufObject *self);
 
 /* release() semantics shared by Python and C: strict or deferred. */

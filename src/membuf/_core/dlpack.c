@@ -29,7 +29,7 @@ typedef struct {
     } tensor;
     Py_buffer view; /* an export of the Buffer while view.obj != NULL */
     void *copy;     /* copy=True: the contents, C order (PyMem_Malloc) */
-    PyInterpreterState *interp; /* the Buffer's interpreter: the deleter ends the export there */
+    int64_t interp_id; /* the Buffer's interpreter: the deleter ends the export there */
     int64_t dims[]; /* shape[ndim], then strides[ndim] in items */
 } dlpack_export;
 
@@ -37,26 +37,8 @@ typedef struct {
 /* Deleters                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* The thread state attached to this thread (it holds its interpreter's
- * GIL), or NULL. */
-static PyThreadState *
-attached_thread_state(void)
-{
-#if !defined(Py_LIMITED_API) && PY_VERSION_HEX >= 0x030D0000
-    return PyThreadState_GetUnchecked();
-#elif !defined(Py_LIMITED_API)
-    return _PyThreadState_UncheckedGet();
-#else
-    /* The limited API has no unchecked getter: swap NULL in and back. */
-    PyThreadState *current = PyThreadState_Swap(NULL);
-    if (current != NULL) {
-        (void)PyThreadState_Swap(current);
-    }
-    return current;
-#endif
-}
-
-/* End the export and free the block.  The GIL of ex->interp is held. */
+/* End the export and free the block.  The GIL of the Buffer's interpreter
+ * is held. */
 static void
 export_end(dlpack_export *ex)
 {
@@ -67,47 +49,111 @@ export_end(dlpack_export *ex)
     PyMem_Free(ex);
 }
 
+#ifndef Py_LIMITED_API
+
+/* The thread state attached to *this* thread (it holds its interpreter's
+ * GIL), or NULL.  3.12 made the current thread state thread-local; in 3.11
+ * it is the process's, whichever thread holds the GIL, so it must be this
+ * thread's own. */
+static PyThreadState *
+attached_thread_state(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyThreadState_GetUnchecked();
+#elif PY_VERSION_HEX >= 0x030C0000
+    return _PyThreadState_UncheckedGet();
+#else
+    PyThreadState *tstate = _PyThreadState_UncheckedGet();
+    return tstate != NULL && tstate->thread_id == PyThread_get_thread_ident() ? tstate : NULL;
+#endif
+}
+
+/* The interpreter of that ID if it still exists, else NULL.  The (shared)
+ * GIL is held, under which interpreters are created and destroyed. */
+static PyInterpreterState *
+live_interpreter(int64_t id)
+{
+    for (PyInterpreterState *interp = PyInterpreterState_Head(); interp != NULL;
+         interp = PyInterpreterState_Next(interp)) {
+        if (PyInterpreterState_GetID(interp) == id) {
+            return interp;
+        }
+    }
+    return NULL;
+}
+
 /* The deleter.  Consumers call it from any thread, holding the GIL or not
- * (PyTorch frees tensors from its own threads), and inside subinterpreters:
+ * (PyTorch frees tensors from its own threads), and inside subinterpreters
+ * (which share the main GIL: membuf refuses to load where they do not):
  *   - a thread with an attached thread state holds the GIL of the running
  *     interpreter, which is the Buffer's (objects do not cross
  *     interpreters): end the export right here.  That includes the thread
  *     that finalizes the interpreter at exit, so a consumer freed then still
  *     ends its export.  (PyGILState_Ensure() here would switch to the main
  *     interpreter's thread state and wait for a GIL this thread holds.)
- *   - any other thread takes the GIL of the Buffer's interpreter first:
- *     PyGILState_Ensure() where its thread state is the right one (the main
- *     interpreter, or the thread's own), else a temporary thread state.
+ *   - any other thread takes the GIL through PyGILState_Ensure(); a Buffer of
+ *     a subinterpreter is then reached through a temporary thread state of
+ *     that interpreter, if it still exists.  A consumer that outlived the
+ *     Buffer's subinterpreter cannot end the export: the block is leaked, as
+ *     every object of a destroyed interpreter that something still holds.
  *   - after Py_Finalize, nothing is left to end: the block is leaked. */
 static void
 export_free(dlpack_export *ex)
 {
-    if (attached_thread_state() != NULL) {
-        export_end(ex);
+    PyThreadState *attached = attached_thread_state();
+    if (attached != NULL) {
+        if (PyInterpreterState_GetID(PyThreadState_GetInterpreter(attached)) == ex->interp_id) {
+            export_end(ex);
+        }
+        /* else: freed by another interpreter's code, which must not touch
+         * this one's objects: leaked. */
         return;
     }
     if (!Py_IsInitialized()) {
         return; /* the interpreter, and the Buffer with it, are gone */
     }
-    PyThreadState *registered = PyGILState_GetThisThreadState();
-    int use_gilstate = registered != NULL ? PyThreadState_GetInterpreter(registered) == ex->interp
-                                          : PyInterpreterState_GetID(ex->interp) == 0;
-    if (use_gilstate) {
-        PyGILState_STATE gil = PyGILState_Ensure();
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyInterpreterState *current = PyThreadState_GetInterpreter(PyThreadState_Get());
+    if (PyInterpreterState_GetID(current) == ex->interp_id) {
         export_end(ex);
-        PyGILState_Release(gil);
+    }
+    else {
+        PyInterpreterState *interp = live_interpreter(ex->interp_id);
+        PyThreadState *tstate = interp != NULL ? PyThreadState_New(interp) : NULL;
+        if (tstate != NULL) {
+            PyThreadState *saved = PyThreadState_Swap(tstate); /* the GIL is shared */
+            export_end(ex);
+            PyThreadState_Clear(tstate);
+            (void)PyThreadState_Swap(saved);
+            PyThreadState_Delete(tstate);
+        }
+    }
+    PyGILState_Release(gil);
+}
+
+#else /* Py_LIMITED_API */
+
+/* The deleter of the stable-ABI build.  Its API cannot tell which thread
+ * holds the GIL (3.11 has no PyGILState_Check, no unchecked thread-state
+ * getter), so capsules are made in the main interpreter only (see
+ * membuf_dlpack) and the deleter always goes through PyGILState_Ensure(),
+ * which is re-entrant for a thread that holds the GIL already.  At exit,
+ * the finalizing thread still has its thread state (Py_IsInitialized() is
+ * false while module globals are cleared): a consumer freed then still
+ * ends its export.  A thread without a thread state after that point finds
+ * nothing to end: the block is leaked. */
+static void
+export_free(dlpack_export *ex)
+{
+    if (!Py_IsInitialized() && PyGILState_GetThisThreadState() == NULL) {
         return;
     }
-    PyThreadState *tstate = PyThreadState_New(ex->interp);
-    if (tstate == NULL) {
-        return; /* cannot reach the interpreter: leak rather than corrupt */
-    }
-    PyEval_AcquireThread(tstate);
+    PyGILState_STATE gil = PyGILState_Ensure();
     export_end(ex);
-    PyThreadState_Clear(tstate);
-    PyEval_ReleaseThread(tstate);
-    PyThreadState_Delete(tstate);
+    PyGILState_Release(gil);
 }
+
+#endif /* Py_LIMITED_API */
 
 static void
 legacy_deleter(DLManagedTensor *tensor)
@@ -163,7 +209,7 @@ int_pair(PyObject *obj, const char *name, long values[2], PyObject *exact[2])
     }
     for (Py_ssize_t i = 0; i < 2; i++) {
         PyObject *item = PyTuple_GetItem(obj, i);
-        if (!PyLong_Check(item)) {
+        if (!PyLong_Check(item) || PyBool_Check(item)) {
             Py_XDECREF(exact[0]);
             exact[0] = NULL;
             return membuf_type_error(PyExc_TypeError, item, "%s[%zd] must be an int", name, i);
@@ -291,6 +337,15 @@ membuf_dlpack(MemBufObject *self, PyObject *args, PyObject *kwargs)
     }
     /* Argument conversion ran __index__: check the Buffer only now. */
     MB_CHECK_RELEASED(self, NULL);
+#ifdef Py_LIMITED_API
+    if (PyInterpreterState_GetID(PyInterpreterState_Get()) != 0) {
+        PyErr_SetString(PyExc_BufferError,
+                        "membuf.Buffer: the stable-ABI (abi3) build of membuf exports DLPack "
+                        "capsules in the main interpreter only (its deleter could not tell which "
+                        "thread holds a subinterpreter's GIL); use the default build");
+        return NULL;
+    }
+#endif
     int versioned = version[0] >= 1;
     int do_copy = copy == Py_True;
     int readonly = !(self->flags & MEMBUF_WRITABLE);
@@ -311,7 +366,7 @@ membuf_dlpack(MemBufObject *self, PyObject *args, PyObject *kwargs)
     if (ex == NULL) {
         return PyErr_NoMemory();
     }
-    ex->interp = PyInterpreterState_Get();
+    ex->interp_id = PyInterpreterState_GetID(PyInterpreterState_Get());
     int64_t *shape = ex->dims, *strides = ex->dims + ndim;
     if (fill_dims(self, do_copy, shape, strides) < 0) {
         PyMem_Free(ex);

@@ -351,11 +351,8 @@ membuf_mark_held_export(MemBufObject *self)
 {
     assert(!MB_IS_RELEASED(self) && self->ctx != NULL);
     assert(!(self->flags & (MB_PYCALLBACK | MB_SLICE)));
+    assert(self->owner != NULL && (self->flags & MB_TRACKED)); /* the exporter is the owner */
     self->flags |= MB_HELD_EXPORT;
-    if (!(self->flags & MB_TRACKED)) {
-        self->flags |= MB_TRACKED;
-        PyObject_GC_Track(self);
-    }
 }
 
 /* ------------------------------------------------------------------------ */

@@ -171,7 +171,7 @@
 extern "C" {
 #endif
 
-#define MEMBUF_ABI_VERSION 1 /* must match exactly */
+#define MEMBUF_ABI_VERSION 2 /* must match exactly */
 #define MEMBUF_API_VERSION 2 /* the newest API version this header knows */
 
 /* The API version an extension is built for (see VERSIONS above): the
