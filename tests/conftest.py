@@ -66,14 +66,23 @@ def libc():
     return lib
 
 
-def hypothesis_profile(prefix):
-    """The registered Hypothesis profile `<prefix>-ci` or `<prefix>-long`,
-    chosen by MEMBUF_HYPOTHESIS_PROFILE (default ci); its max_examples
-    overridden by MEMBUF_HYPOTHESIS_EXAMPLES when that is set."""
+def hypothesis_profile(prefix, ci_examples, long_examples, long_extra=None, **extra):
+    """Register the Hypothesis profiles `<prefix>-ci` (derandomized, for CI)
+    and `<prefix>-long` (random, for long local runs), and return the one
+    MEMBUF_HYPOTHESIS_PROFILE chooses (default ci); its max_examples is
+    overridden by MEMBUF_HYPOTHESIS_EXAMPLES when that is set.  `extra`
+    settings (e.g. stateful_step_count) apply to both, `long_extra` (a dict)
+    to the long one, over them."""
     import os
 
-    from hypothesis import settings
+    from hypothesis import HealthCheck, settings
 
+    common = dict(deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile(f"{prefix}-ci", max_examples=ci_examples, derandomize=True,
+                              print_blob=False, **common, **extra)
+    settings.register_profile(f"{prefix}-long", max_examples=long_examples, derandomize=False,
+                              print_blob=True, **common, **{**extra, **(long_extra or {})})
     name = os.environ.get("MEMBUF_HYPOTHESIS_PROFILE", "ci")
     if name not in ("ci", "long"):
         raise ValueError(f"MEMBUF_HYPOTHESIS_PROFILE must be 'ci' or 'long', not {name!r}")

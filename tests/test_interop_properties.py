@@ -49,7 +49,6 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis import event, given
 
@@ -60,27 +59,9 @@ from conftest import hypothesis_profile
 # profiles
 # ---------------------------------------------------------------------------
 
-settings.register_profile(
-    "membuf-interop-ci",
-    max_examples=1000,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    print_blob=False,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "membuf-interop-long",
-    max_examples=20_000,
-    deadline=None,
-    derandomize=False,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 
-PROFILE = hypothesis_profile("membuf-interop")
+PROFILE = hypothesis_profile("membuf-interop", ci_examples=1000, long_examples=20_000)
 
 
 @pytest.fixture(scope="module", autouse=True)

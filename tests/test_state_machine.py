@@ -52,7 +52,6 @@ import struct
 import weakref
 
 import numpy as np
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -68,25 +67,6 @@ from conftest import hypothesis_profile, libc
 
 PyBUF_FULL_RO = _testbuffer.PyBUF_FULL_RO
 
-settings.register_profile(
-    "membuf-ci",
-    max_examples=2000,
-    stateful_step_count=30,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    print_blob=False,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "membuf-long",
-    max_examples=100_000,
-    stateful_step_count=50,
-    deadline=None,
-    derandomize=False,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 
 LIBC = libc()
@@ -624,7 +604,9 @@ def test_state_machine(fakelib, tmp_path_factory):
 
 
 def run_machine(fakelib):
-    chosen = hypothesis_profile("membuf")
+    chosen = hypothesis_profile("membuf", ci_examples=2000, long_examples=100_000,
+                                stateful_step_count=30,
+                                long_extra=dict(stateful_step_count=50))
     # Everything that exists before the test (pytest, NumPy, Hypothesis) goes
     # to the GC's permanent generation, so that each gc.collect() scans only
     # what the test made: the same collection of our cycles, 50x cheaper.
