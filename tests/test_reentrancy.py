@@ -563,6 +563,17 @@ def test_eq_other_operand_hook_releases_the_buffer(fakelib):
 # ---------------------------------------------------------------------------
 
 
+# CPython 3.12 moved the start of a collection out of the allocator: an
+# allocation that crosses the threshold only schedules one, which runs at the
+# next check of the eval loop (between bytecodes), never inside a C function.
+# From 3.12 on, no collection can interrupt a Buffer operation, and these
+# tests have nothing to trigger (Python code that runs inside an operation,
+# e.g. __index__, is tested above on every version).
+GC_INSIDE_C_CALLS = pytest.mark.skipif(
+    sys.version_info >= (3, 12),
+    reason="3.12+ runs the cyclic GC from the eval loop, never inside a C allocation")
+
+
 class GCTrap:
     """Armed: a garbage cycle whose finalizer runs `action` at the next
     collection, which the GC threshold of 1 starts at the next allocation of a
@@ -642,6 +653,7 @@ def gc_cases():
             yield kind, op
 
 
+@GC_INSIDE_C_CALLS
 @pytest.mark.parametrize("mode", ["strict", "defer"])
 @pytest.mark.parametrize("kind,op", list(gc_cases()))
 def test_gc_inside_an_operation_releases_the_buffer(fakelib, kind, op, mode, unraisable):
@@ -676,6 +688,7 @@ def test_gc_inside_an_operation_releases_the_buffer(fakelib, kind, op, mode, unr
     assert fakelib.releases(block) == 1
 
 
+@GC_INSIDE_C_CALLS
 @pytest.mark.parametrize("mode", ["strict", "defer"])
 def test_gc_inside_slicing_a_slice_releases_the_parent_chain(fakelib, mode, unraisable):
     parent, block = fakelib.new(N)

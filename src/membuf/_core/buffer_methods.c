@@ -33,7 +33,13 @@ Py_ssize_t
 membuf_length(MemBufObject *self)
 {
     MB_CHECK_RELEASED(self, -1);
-    return self->ndim == 0 ? 1 : self->shape[0]; /* memoryview's rule */
+    if (self->ndim == 0) {
+        /* memoryview's rule since CPython 3.12 (3.11 answered 1): the same
+         * on every version. */
+        PyErr_SetString(PyExc_TypeError, "0-dim memory has no length");
+        return -1;
+    }
+    return self->shape[0];
 }
 
 /* Item i (already made non-negative by the caller where it could be). */
