@@ -39,6 +39,7 @@ def test_slice_of_an_empty_layout_with_a_huge_leading_shape(fakelib):
 import ctypes
 import gc
 import pickle
+import sys
 import tracemalloc
 import weakref
 
@@ -54,11 +55,14 @@ def _python_buffer(size=16):
 
 
 @pytest.mark.parametrize("base_is_a_slice", [False, True])
-def test_weakref_finalizer_releases_the_parent_a_deferred_chain_walk_releases_next(base_is_a_slice):
+def test_weakref_finalizer_releases_the_parent_a_deferred_chain_walk_releases_next(
+        base_is_a_slice, monkeypatch):
     # release_now() decided to release `base` next, then dropped its reference
     # to `header`, whose weakref.finalize released `base` first: the walk
     # released `base` a second time (SIGSEGV: on_release called as NULL, or
     # an export count decremented on a NULL grandparent).
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     root, calls = _python_buffer()
     base = root[0:12] if base_is_a_slice else root
     header = base[:4]
@@ -73,6 +77,9 @@ def test_weakref_finalizer_releases_the_parent_a_deferred_chain_walk_releases_ne
         assert calls == [] and root.exports == 0
         root.release()
     assert len(calls) == 1
+    # The finalizer saw header's export of base already ended: its strict
+    # release found nothing to refuse (or nothing left to do).
+    assert unraisable == []
 
 
 def test_a_cycle_through_a_buffer_rebuilt_from_an_out_of_band_frame_is_collected():

@@ -17,16 +17,58 @@
 #define REQ_WRITABLE(flags) ((flags) & PyBUF_WRITABLE)
 #define REQ_FORMAT(flags) ((flags) & PyBUF_FORMAT)
 
+/* The BufferError a request gets from this layout, or NULL.  Reads only
+ * what never changes over a Buffer's life. */
+static const char *
+refusal_of(const MemBufObject *self, int flags)
+{
+    if (REQ_WRITABLE(flags) && !(self->flags & MEMBUF_WRITABLE)) {
+        return "membuf.Buffer: underlying memory is read-only";
+    }
+    if (self->flags & MB_COMPACT) {
+        return NULL; /* plain bytes answer every request, as bytes does */
+    }
+    if (REQ_C_CONTIGUOUS(flags) && !(self->flags & MB_C_CONTIG)) {
+        return "membuf.Buffer: underlying buffer is not C-contiguous";
+    }
+    if (REQ_F_CONTIGUOUS(flags) && !(self->flags & MB_F_CONTIG)) {
+        return "membuf.Buffer: underlying buffer is not Fortran contiguous";
+    }
+    if (REQ_ANY_CONTIGUOUS(flags) && !(self->flags & (MB_C_CONTIG | MB_F_CONTIG))) {
+        return "membuf.Buffer: underlying buffer is not contiguous";
+    }
+    if (!REQ_STRIDES(flags) && !(self->flags & MB_C_CONTIG)) {
+        return "membuf.Buffer: underlying buffer is not C-contiguous";
+    }
+    if (!REQ_SHAPE(flags) && REQ_FORMAT(flags)) {
+        /* Without a shape the consumer sees the layout as unsigned bytes,
+         * which a format cannot describe; memoryview refuses the same
+         * (plain 1-D "B" Buffers never get here: they answer like bytes). */
+        return "membuf.Buffer: cannot cast to unsigned bytes if the format flag is present";
+    }
+    return NULL;
+}
+
 int
 membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
 {
-    if (MB_REFUSES_WORK(self)) {
-        view->obj = NULL;
-        return membuf_refuse(self);
+    const char *refusal = refusal_of(self, flags);
+    /* Check and count under the Buffer's lock, so that no release can slip
+     * in between (the rest reads fields that never change before release). */
+    int released;
+    MB_LOCK(self);
+    released = MB_REFUSES_WORK(self);
+    if (!released && refusal == NULL) {
+        MB_ASSERT_FIELDS(self);
+        self->exports++;
     }
-    if (REQ_WRITABLE(flags) && !(self->flags & MEMBUF_WRITABLE)) {
+    MB_UNLOCK();
+    if (released || refusal != NULL) {
         view->obj = NULL;
-        PyErr_SetString(PyExc_BufferError, "membuf.Buffer: underlying memory is read-only");
+        if (released) {
+            return membuf_refuse(self);
+        }
+        PyErr_SetString(PyExc_BufferError, refusal);
         return -1;
     }
     view->buf = self->buf;
@@ -39,34 +81,6 @@ membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
     view->suboffsets = NULL;
     view->internal = NULL;
     view->format = REQ_FORMAT(flags) ? (char *)membuf_format(self) : NULL;
-
-    if (!(self->flags & MB_COMPACT)) {
-        const char *refusal = NULL;
-        if (REQ_C_CONTIGUOUS(flags) && !(self->flags & MB_C_CONTIG)) {
-            refusal = "membuf.Buffer: underlying buffer is not C-contiguous";
-        }
-        else if (REQ_F_CONTIGUOUS(flags) && !(self->flags & MB_F_CONTIG)) {
-            refusal = "membuf.Buffer: underlying buffer is not Fortran contiguous";
-        }
-        else if (REQ_ANY_CONTIGUOUS(flags) && !(self->flags & (MB_C_CONTIG | MB_F_CONTIG))) {
-            refusal = "membuf.Buffer: underlying buffer is not contiguous";
-        }
-        else if (!REQ_STRIDES(flags) && !(self->flags & MB_C_CONTIG)) {
-            refusal = "membuf.Buffer: underlying buffer is not C-contiguous";
-        }
-        else if (!REQ_SHAPE(flags) && view->format != NULL) {
-            /* Without a shape the consumer sees the layout as unsigned bytes,
-             * which a format cannot describe; memoryview refuses the same
-             * (plain 1-D "B" Buffers never get here: they answer like bytes). */
-            refusal = "membuf.Buffer: cannot cast to unsigned bytes if the format flag "
-                           "is present";
-        }
-        if (refusal != NULL) {
-            view->obj = NULL;
-            PyErr_SetString(PyExc_BufferError, refusal);
-            return -1;
-        }
-    }
     if (!REQ_STRIDES(flags) || self->ndim == 0) {
         view->strides = NULL; /* ndim 0: shape and strides MUST be NULL */
     }
@@ -79,8 +93,6 @@ membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
         view->shape = NULL;
     }
     /* suboffsets stay NULL: that meets PyBUF_INDIRECT and every other request. */
-    MB_ASSERT_FIELDS(self);
-    self->exports++;
     view->obj = Py_NewRef((PyObject *)self);
     return 0;
 }

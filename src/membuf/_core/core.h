@@ -66,12 +66,11 @@
  *     because release(defer=True) was called or (with MB_GC_DEFERRED) because
  *     the garbage collector finalized the Buffer while an export was alive.
  *
- * Free-threading plan: every field is read and written with the GIL held.
- * A free-threaded build would need `exports` and the state bits in `flags`
- * to change together; the plan is a per-object critical section
- * (Py_BEGIN_CRITICAL_SECTION) around getbuffer, releasebuffer,
- * membuf_release and release_now (where every state change happens), and a
- * per-thread (or locked) free list in lifetime.c.  Not done yet.
+ * Threads: `exports` and the state bits of `flags` change together, under
+ * the Buffer's lock (MB_LOCK: a critical section in the free-threaded
+ * build, the GIL elsewhere): taking an export, ending one, and taking the
+ * release duty (lifetime.c).  Callbacks run outside any lock.  The free
+ * list is off in the free-threaded build.
  */
 typedef struct {
     PyObject_VAR_HEAD
@@ -140,6 +139,19 @@ PyObject *membuf_richcompare(PyObject *self, PyObject *other, int op);
 #endif
 
 #define MemBuf_CheckExact(op) Py_IS_TYPE((op), MEMBUF_TYPE)
+
+/* A Buffer's lock: a per-object critical section in the free-threaded build
+ * (3.13+), nothing where the GIL serializes everything.  Held only around
+ * state changes that make no call-out (lifetime.c: take_duty() and its
+ * callers, end_export(); buffer_protocol.c: taking an export), never while a
+ * callback or other Python code runs. */
+#if defined(Py_BEGIN_CRITICAL_SECTION) && !defined(Py_LIMITED_API)
+#define MB_LOCK(self) Py_BEGIN_CRITICAL_SECTION((PyObject *)(self))
+#define MB_UNLOCK() Py_END_CRITICAL_SECTION()
+#else
+#define MB_LOCK(self) {
+#define MB_UNLOCK() }
+#endif
 
 /* The invariants above that one look at the fields can check (asserts are
  * on in the debug, sanitizer, valgrind and fuzz builds). */
@@ -239,18 +251,9 @@ void membuf_mark_held_export(MemBufObject *self);
 /* release() semantics shared by Python and C: strict or deferred. */
 int membuf_release(MemBufObject *self, int defer);
 
-/* The rare half of membuf_end_export: release now (if not yet released). */
-void membuf_finish_deferred_release(MemBufObject *self);
-
-/* One export ended: count it, and finish a deferred release at zero. */
-static inline void
-membuf_end_export(MemBufObject *self)
-{
-    assert(self->exports > 0);
-    if (--self->exports == 0 && (self->flags & MB_PENDING)) {
-        membuf_finish_deferred_release(self);
-    }
-}
+/* One export ended (bf_releasebuffer): count it, and finish a deferred
+ * release at zero. */
+void membuf_end_export(MemBufObject *self);
 
 /* errors.c */
 

@@ -22,7 +22,11 @@ static char membuf_empty[1];
  * invariant fields of a compact Buffer (see alloc_compact).  In the limited
  * build they also keep their reference to the heap type. */
 #ifndef MEMBUF_FREELIST_MAX /* sanitizer and fuzz builds set 0: ASan then sees every object */
+#ifdef Py_GIL_DISABLED
+#define MEMBUF_FREELIST_MAX 0 /* one shared list would need a lock; the allocator is per thread */
+#else
 #define MEMBUF_FREELIST_MAX 32
+#endif
 #endif
 #define MB_FREELIST_MAX MEMBUF_FREELIST_MAX
 static MemBufObject *freelist[MB_FREELIST_MAX > 0 ? MB_FREELIST_MAX : 1];
@@ -305,8 +309,15 @@ membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *sha
         return NULL;
     }
     /* Allocating may have run a collection, and finalizers that released the
-     * parent: check again before taking the export. */
-    if (MB_REFUSES_WORK(parent)) {
+     * parent: check again, in the same locked step that takes the export. */
+    int refused;
+    MB_LOCK(parent);
+    refused = MB_REFUSES_WORK(parent);
+    if (!refused) {
+        parent->exports++; /* this slice's, ended by its release */
+    }
+    MB_UNLOCK();
+    if (refused) {
         self->flags = (compact ? MB_COMPACT : 0) | MB_RELEASED; /* owns nothing */
         Py_DECREF(self);
         membuf_refuse(parent);
@@ -339,7 +350,6 @@ membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *sha
     self->flags |= MB_SLICE;
     self->mem = buf;
     self->mem_len = (size_t)self->nbytes;
-    parent->exports++;
     self->owner = Py_NewRef((PyObject *)parent);
     self->flags |= MB_TRACKED;
     PyObject_GC_Track(self);
@@ -359,127 +369,188 @@ membuf_mark_held_export(MemBufObject *self)
 /* Release                                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* Give the memory back now, the general case: slices (and the chain of
- * parents waiting for them), Python callables, owners.  Precondition: not
- * released, exports == 0.
- * Marks released first, then calls the callback, then drops owner.
- * Returns -1 only when a Python on_release raised (raise mode); the
- * exception is then set.
- *
- * Re-entrancy: every callback, and every reference dropped, may run
- * arbitrary Python code (a weakref callback, a __del__, a finalizer) that
- * releases, exports or drops any Buffer -- including the parent this loop
- * meant to release next.  So nothing decided before a call-out is trusted
- * after it: the next parent's state is read again once the last call-out of
- * an iteration is over, and a parent that was released (or exported again)
- * in the meantime ends the walk. */
+/* What a release owes, taken out of a Buffer in one step.  Releasing is two
+ * steps, so that no lock is held and no decision is trusted across a
+ * call-out:
+ *   take_duty()  under the Buffer's lock (a critical section in the
+ *                free-threaded build): checks nothing is left to wait for,
+ *                marks the Buffer released and moves the callback, its
+ *                context and the owner into a release_duty;
+ *   do_duty()    without any lock: calls the callback, then drops the owner.
+ *                Either may run any Python code (a weakref callback, a
+ *                __del__, a finalizer) that releases, exports or drops any
+ *                Buffer -- which can no longer reach this duty.
+ * A slice's duty is to end its export of the parent; if the parent's
+ * deferred release waited for that, end_export() takes the parent's duty
+ * in the same locked step as the count reaches 0, and do_duty() loops on it:
+ * chains of slices may be arbitrarily long.  (Before this two-step design, a
+ * walk that decided to release a parent, then dropped a reference that ran
+ * a weakref callback releasing that parent, released it twice.) */
+typedef struct {
+    int flags; /* the Buffer's flags before release: MB_SLICE, MB_PYCALLBACK, ... */
+    MemBuf_ReleaseFunc release;
+    void *mem;
+    size_t mem_len;
+    void *ctx;
+    PyObject *owner; /* a strong reference; for a slice, the parent */
+} release_duty;
+
+/* Precondition: the caller holds self's lock (or the only reference), self
+ * is not released and has no export. */
+static void
+take_duty(MemBufObject *self, release_duty *duty)
+{
+    assert(!MB_IS_RELEASED(self));
+    assert(self->exports == 0);
+    MB_ASSERT_FIELDS(self);
+    duty->flags = self->flags;
+    duty->release = self->release;
+    duty->mem = self->mem;
+    duty->mem_len = self->mem_len;
+    duty->ctx = self->ctx;
+    duty->owner = self->owner;
+    /* Mark first: whatever the callback does, it sees a released Buffer. */
+    self->flags = (self->flags | MB_RELEASED) &
+                  ~(MB_PENDING | MB_GC_DEFERRED | MB_UNTRACKED_CALLABLE | MB_HELD_EXPORT);
+    self->release = NULL;
+    self->ctx = NULL;
+    self->owner = NULL;
+}
+
+/* If self's deferred release waits for nothing any more, take its duty
+ * into *duty (returns 1) in the same locked step that checks it. */
 static int
-release_walk(MemBufObject *self, int unraisable)
+take_if_owed_locked(MemBufObject *self, release_duty *duty)
+{
+    if (!MB_IS_RELEASED(self) && self->exports == 0 && (self->flags & MB_PENDING)) {
+        take_duty(self, duty);
+        return 1;
+    }
+    return 0;
+}
+
+static int
+take_if_owed(MemBufObject *self, release_duty *duty)
+{
+    int owed;
+    MB_LOCK(self);
+    owed = take_if_owed_locked(self, duty);
+    MB_UNLOCK();
+    return owed;
+}
+
+static void
+count_export_end(MemBufObject *self)
+{
+    MB_LOCK(self);
+    assert(self->exports > 0);
+    self->exports--;
+    MB_UNLOCK();
+}
+
+/* Do a duty taken by take_duty(), and the duties of the parents it lets go.
+ * Returns -1 only when a Python on_release raised (raise mode); the
+ * exception is then set.  Deferred releases of parents have nobody to raise
+ * to: their errors are unraisable.
+ *
+ * Order, for a chain slice -> parent -> grandparent: the slice's export of
+ * the parent ends; the reference that kept the slice alive (if it was itself
+ * let go by its own slice) is dropped, which may run any code -- code that
+ * sees the export already ended and the parent not yet released; only then
+ * is the parent's duty taken, if it is still owed (that code may have
+ * released the parent itself, or the parent may have more exports now). */
+static int
+do_duty(release_duty *duty, int unraisable)
 {
     int rc = 0;
-    PyObject *held = NULL; /* the reference to self of the slice released before it */
+    release_duty next;
+    PyObject *held = NULL; /* the reference to the Buffer whose duty this is */
     for (;;) {
-        assert(!MB_IS_RELEASED(self));
-        assert(self->exports == 0);
-        MB_ASSERT_FIELDS(self);
-        MemBuf_ReleaseFunc release = self->release;
-        void *ctx = self->ctx;
-        PyObject *owner = self->owner;
-        int flags = self->flags;
-        MemBufObject *next = NULL;
-
-        /* Mark first: whatever the callback does, it sees a released Buffer. */
-        self->flags = (flags | MB_RELEASED) &
-                      ~(MB_PENDING | MB_GC_DEFERRED | MB_UNTRACKED_CALLABLE | MB_HELD_EXPORT);
-        self->release = NULL;
-        self->ctx = NULL;
-        self->owner = NULL;
-
-        if (flags & MB_SLICE) {
-            /* End the export this slice holds on its parent (its owner).  A
-             * parent whose deferred release waited for it is released next,
-             * by this loop: chains of slices may be arbitrarily long. */
-            MemBufObject *parent = (MemBufObject *)owner;
-            assert(parent != NULL && parent->exports > 0);
-            parent->exports--;
-            next = parent;
+        MemBufObject *parent = NULL;
+        if (duty->flags & MB_SLICE) {
+            parent = (MemBufObject *)duty->owner;
+            count_export_end(parent);
         }
-        else if (flags & MB_PYCALLBACK) {
-            rc = call_python_release((PyObject *)ctx, unraisable,
-                                     (flags & MB_UNTRACKED_CALLABLE) != 0);
+        else if (duty->flags & MB_PYCALLBACK) {
+            rc = call_python_release((PyObject *)duty->ctx, unraisable,
+                                     (duty->flags & MB_UNTRACKED_CALLABLE) != 0);
         }
-        else if (release != NULL) {
-            release(self->mem, self->mem_len, ctx);
+        else if (duty->release != NULL) {
+            duty->release(duty->mem, duty->mem_len, duty->ctx);
         }
-        Py_XDECREF(held); /* may free self and run any code; self is not used below */
-        /* Only now, after the last call-out of this iteration: does the
-         * parent still wait for this export, and for nothing else? */
-        if (next != NULL &&
-            (MB_IS_RELEASED(next) || next->exports != 0 || !(next->flags & MB_PENDING))) {
-            next = NULL;
-        }
-        if (next == NULL) {
-            Py_XDECREF(owner);
+        Py_XDECREF(held); /* may run any code */
+        if (parent == NULL || !take_if_owed(parent, &next)) {
+            Py_XDECREF(duty->owner);
             return rc;
         }
-        assert((PyObject *)next == owner);
-        held = owner; /* == next: kept alive through its own release */
-        self = next;
-        unraisable = 1; /* a deferred release has nobody to raise to */
+        held = duty->owner; /* the parent: alive until its own duty is done */
+        *duty = next;
+        unraisable = 1;
     }
 }
 
-/* The one way memory is given back: release_walk(), with its commonest
- * case inline (a C callback, no owner, not a slice: what deallocating a
- * plain Buffer does).  Same precondition, same result. */
+/* Give the memory back now: take the duty and do it.  Precondition: self
+ * is not released, has no export, and the caller may take its duty (holds
+ * its lock, or the only reference).  The commonest case -- a C callback, no
+ * owner, not a slice: what deallocating a plain Buffer does -- is inline. */
 static inline int
 release_now(MemBufObject *self, int unraisable)
 {
-    int flags = self->flags;
-    if (!(flags & (MB_PYCALLBACK | MB_SLICE)) && self->owner == NULL) {
-        assert(!MB_IS_RELEASED(self) && self->exports == 0);
-        MemBuf_ReleaseFunc release = self->release;
-        void *ctx = self->ctx;
-        self->flags = (flags | MB_RELEASED) & ~(MB_PENDING | MB_GC_DEFERRED | MB_HELD_EXPORT);
-        self->release = NULL;
-        self->ctx = NULL;
-        if (release != NULL) {
-            release(self->mem, self->mem_len, ctx);
+    release_duty duty;
+    take_duty(self, &duty);
+    if (!(duty.flags & (MB_PYCALLBACK | MB_SLICE)) && duty.owner == NULL) {
+        if (duty.release != NULL) {
+            duty.release(duty.mem, duty.mem_len, duty.ctx);
         }
         return 0;
     }
-    return release_walk(self, unraisable);
+    return do_duty(&duty, unraisable);
 }
 
 int
 membuf_release(MemBufObject *self, int defer)
 {
+    release_duty duty;
+    int owed = 0, rc = 0;
+    MB_LOCK(self);
     if (MB_IS_RELEASED(self)) {
-        return 0;
+        /* nothing to do */
     }
-    if (self->exports > 0) {
+    else if (self->exports > 0) {
         if (defer) {
             self->flags |= MB_PENDING;
-            return 0;
         }
-        PyErr_Format(PyExc_BufferError,
-                     "membuf.Buffer has %zd exported buffer%s; release %s first, "
-                     "or call release(defer=True)",
-                     self->exports, self->exports == 1 ? "" : "s",
-                     self->exports == 1 ? "it" : "them");
-        return -1;
+        else {
+            PyErr_Format(PyExc_BufferError,
+                         "membuf.Buffer has %zd exported buffer%s; release %s first, "
+                         "or call release(defer=True)",
+                         self->exports, self->exports == 1 ? "" : "s",
+                         self->exports == 1 ? "it" : "them");
+            rc = -1;
+        }
     }
-    return release_now(self, 0);
+    else {
+        take_duty(self, &duty);
+        owed = 1;
+    }
+    MB_UNLOCK();
+    return owed ? do_duty(&duty, 0) : rc;
 }
 
 void
-membuf_finish_deferred_release(MemBufObject *self)
+membuf_end_export(MemBufObject *self)
 {
-    if (!MB_IS_RELEASED(self)) {
-        release_now(self, 1);
+    release_duty duty;
+    int owed;
+    MB_LOCK(self);
+    assert(self->exports > 0);
+    self->exports--;
+    owed = take_if_owed_locked(self, &duty);
+    MB_UNLOCK();
+    if (owed) {
+        (void)do_duty(&duty, 1);
     }
 }
-
 
 /* ------------------------------------------------------------------------ */
 /* Type slots: lifetime and GC                                              */
@@ -587,22 +658,31 @@ membuf_traverse(MemBufObject *self, visitproc visit, void *arg)
 void
 membuf_finalize(MemBufObject *self)
 {
+    release_duty duty;
+    int owed = 0;
+    MB_LOCK(self);
     if (MB_IS_RELEASED(self)) {
-        return;
+        /* nothing to do */
     }
-    if (self->exports == 0) {
-        release_now(self, 1);
-        return;
+    else if (self->exports == 0) {
+        take_duty(self, &duty);
+        owed = 1;
     }
-    /* Defer to the end of the last export.  That happens while the GC clears
-     * the cycle, possibly after it has cleared a Python on_release that is
-     * garbage too (a cleared function crashes when called).  Untracking the
-     * callable keeps the GC from clearing it; it is tracked again just
-     * before we drop it (call_python_release). */
-    self->flags |= MB_PENDING | MB_GC_DEFERRED;
-    if ((self->flags & MB_PYCALLBACK) && PyObject_GC_IsTracked((PyObject *)self->ctx)) {
-        PyObject_GC_UnTrack(self->ctx);
-        self->flags |= MB_UNTRACKED_CALLABLE;
+    else {
+        /* Defer to the end of the last export.  That happens while the GC
+         * clears the cycle, possibly after it has cleared a Python
+         * on_release that is garbage too (a cleared function crashes when
+         * called).  Untracking the callable keeps the GC from clearing it;
+         * it is tracked again just before we drop it (call_python_release). */
+        self->flags |= MB_PENDING | MB_GC_DEFERRED;
+        if ((self->flags & MB_PYCALLBACK) && PyObject_GC_IsTracked((PyObject *)self->ctx)) {
+            PyObject_GC_UnTrack(self->ctx);
+            self->flags |= MB_UNTRACKED_CALLABLE;
+        }
+    }
+    MB_UNLOCK();
+    if (owed) {
+        (void)do_duty(&duty, 1);
     }
 }
 
@@ -611,8 +691,16 @@ membuf_finalize(MemBufObject *self)
 int
 membuf_clear(MemBufObject *self)
 {
+    release_duty duty;
+    int owed = 0;
+    MB_LOCK(self);
     if (!MB_IS_RELEASED(self) && self->exports == 0) {
-        release_now(self, 1);
+        take_duty(self, &duty);
+        owed = 1;
+    }
+    MB_UNLOCK();
+    if (owed) {
+        (void)do_duty(&duty, 1);
     }
     return 0;
 }
