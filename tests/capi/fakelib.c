@@ -7,6 +7,7 @@
 #include <membuf.h>
 
 #include <assert.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,31 +24,23 @@ typedef struct {
 static block_record *records = NULL;
 static Py_ssize_t nrecords = 0, capacity = 0;
 static long fail_allocations = 0; /* fakelib_fail_next(): next N allocations fail */
+/* Guards all of the above: free-threaded CPython calls in from many threads
+ * at once (and a real C library would be thread-safe too). */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+#define LOCK() pthread_mutex_lock(&lock)
+#define UNLOCK() pthread_mutex_unlock(&lock)
 
 void
 fakelib_fail_next(long n)
 {
+    LOCK();
     fail_allocations = n;
+    UNLOCK();
 }
 
 Py_ssize_t
 fakelib_alloc(size_t len, int null_memory)
 {
-    if (fail_allocations > 0) {
-        fail_allocations--;
-        PyErr_SetString(PyExc_MemoryError, "fakelib: allocation failed (injected)");
-        return -1;
-    }
-    if (nrecords == capacity) {
-        Py_ssize_t newcap = capacity ? capacity * 2 : 64;
-        block_record *grown = realloc(records, (size_t)newcap * sizeof(block_record));
-        if (grown == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        records = grown;
-        capacity = newcap;
-    }
     void *memory = NULL;
     if (!null_memory) {
         memory = malloc(len ? len : 1);
@@ -59,24 +52,52 @@ fakelib_alloc(size_t len, int null_memory)
             ((unsigned char *)memory)[i] = (unsigned char)(i % 251);
         }
     }
-    records[nrecords].memory = memory;
-    records[nrecords].len = len;
-    records[nrecords].releases = 0;
-    return nrecords++;
+    LOCK();
+    if (fail_allocations > 0) {
+        fail_allocations--;
+        UNLOCK();
+        free(memory);
+        PyErr_SetString(PyExc_MemoryError, "fakelib: allocation failed (injected)");
+        return -1;
+    }
+    if (nrecords == capacity) {
+        Py_ssize_t newcap = capacity ? capacity * 2 : 64;
+        block_record *grown = realloc(records, (size_t)newcap * sizeof(block_record));
+        if (grown == NULL) {
+            UNLOCK();
+            free(memory);
+            PyErr_NoMemory();
+            return -1;
+        }
+        records = grown;
+        capacity = newcap;
+    }
+    Py_ssize_t id = nrecords++;
+    records[id].memory = memory;
+    records[id].len = len;
+    records[id].releases = 0;
+    UNLOCK();
+    return id;
 }
 
 void *
 fakelib_memory(Py_ssize_t id)
 {
+    LOCK();
     assert(id >= 0 && id < nrecords);
-    return records[id].memory;
+    void *memory = records[id].memory;
+    UNLOCK();
+    return memory;
 }
 
 size_t
 fakelib_len(Py_ssize_t id)
 {
+    LOCK();
     assert(id >= 0 && id < nrecords);
-    return records[id].len;
+    size_t len = records[id].len;
+    UNLOCK();
+    return len;
 }
 
 /* The release callback: ctx is the block id.  The contract says ptr and len
@@ -86,41 +107,49 @@ void
 fakelib_release(void *ptr, size_t len, void *ctx)
 {
     Py_ssize_t id = (Py_ssize_t)(intptr_t)ctx;
+    void *to_free = NULL;
+    LOCK();
     assert(id >= 0 && id < nrecords);
     assert(ptr == records[id].memory);
     assert(len == records[id].len);
     (void)ptr;
     (void)len;
-    records[id].releases++;
-    if (records[id].releases == 1) {
-        free(records[id].memory);
+    if (++records[id].releases == 1) {
+        to_free = records[id].memory;
     }
     /* A second call would be a double free in a real library: the count
      * records it for the tests, and the memory is not freed twice. */
+    UNLOCK();
+    free(to_free);
 }
 
 long
 fakelib_releases(Py_ssize_t id)
 {
-    if (id < 0 || id >= nrecords) {
-        return -1;
+    long releases = -1;
+    LOCK();
+    if (id >= 0 && id < nrecords) {
+        releases = records[id].releases;
     }
-    return records[id].releases;
+    UNLOCK();
+    return releases;
 }
 
 Py_ssize_t
 fakelib_outstanding(void)
 {
     Py_ssize_t n = 0;
+    LOCK();
     for (Py_ssize_t i = 0; i < nrecords; i++) {
         n += records[i].releases == 0;
     }
+    UNLOCK();
     return n;
 }
 
 PyObject *
 fakelib_wrap(Py_ssize_t id, int flags)
 {
-    return MemBuf_FromMemory(records[id].memory, records[id].len, flags, fakelib_release,
+    return MemBuf_FromMemory(fakelib_memory(id), fakelib_len(id), flags, fakelib_release,
                              (void *)(intptr_t)id);
 }

@@ -435,6 +435,13 @@ PyInit_fakelib(void)
     if (m == NULL) {
         return NULL;
     }
+#ifdef Py_GIL_DISABLED
+    /* Thread-safe (fakelib.c locks its records): keep the GIL off. */
+    if (PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#endif
     if (PyModule_AddIntConstant(m, "WRITABLE", MEMBUF_WRITABLE) < 0 ||
         PyModule_AddIntConstant(m, "DEFER", MEMBUF_DEFER) < 0 ||
         PyModule_AddIntConstant(m, "ABI_VERSION", MEMBUF_ABI_VERSION) < 0 ||

@@ -56,5 +56,11 @@ PyInit_target_v1(void)
     if (import_membuf() < 0) {
         return NULL;
     }
-    return PyModule_Create(&module_def);
+    PyObject *module = PyModule_Create(&module_def);
+#ifdef Py_GIL_DISABLED
+    if (module != NULL && PyUnstable_Module_SetGIL(module, Py_MOD_GIL_NOT_USED) < 0) {
+        Py_CLEAR(module);
+    }
+#endif
+    return module;
 }
