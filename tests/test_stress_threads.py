@@ -1,0 +1,135 @@
+"""Threads sharing Buffers, checked against counters: the exactly-once and
+no-use-after-release promises under real parallelism (free-threaded CPython
+with PYTHON_GIL=0 runs these threads at once; with the GIL they interleave
+at every switch interval).
+
+Eight threads share a few slots, each holding a Buffer over fresh memory
+filled with a pattern.  Every thread, over and over: takes a memoryview and
+reads it, slices and reads the slice, releases strictly or deferred, swaps
+in a fresh Buffer, makes and drops a DLPack capsule, pickles out-of-band and
+reads the copy, collects garbage; the release callbacks call back into
+membuf (they make and release a Buffer of their own).
+
+Checked: every release callback runs exactly once (its count, under a lock);
+no read through a live view ever sees memory after its callback ran (the
+callback poisons the memory first); `exports` is never negative and is 0
+once everything is dropped.  MEMBUF_STRESS_ITERATIONS sets the work per
+thread (CI runs the default; a long soak: 10**6 or more).
+"""
+
+import ctypes
+import gc
+import os
+import pickle
+import random
+import sys
+import sysconfig
+import threading
+
+import pytest
+
+import membuf
+
+THREADS = 8
+SLOTS = 4
+SIZE = 64
+POISON = 0xDD
+ITERATIONS = int(os.environ.get("MEMBUF_STRESS_ITERATIONS", "3000"))
+
+
+class Memory:
+    """Fresh memory with a pattern, and the count of its release callback."""
+
+    lock = threading.Lock()
+    all = []
+
+    def __init__(self, seed):
+        self.pattern = bytes((seed + i) % 200 for i in range(SIZE))  # never POISON
+        self.raw = ctypes.create_string_buffer(self.pattern, SIZE)
+        self.calls = 0
+        with Memory.lock:
+            Memory.all.append(self)
+
+    def on_release(self):
+        ctypes.memset(self.raw, POISON, SIZE)  # a read after this is a violation
+        with Memory.lock:
+            self.calls += 1
+        # Call back into membuf from the callback.
+        inner = membuf.from_address(0, 0)
+        inner.release()
+
+    def buffer(self):
+        return membuf.from_address(ctypes.addressof(self.raw), SIZE, readonly=False,
+                                   on_release=self.on_release)
+
+
+def worker(slots, seed, violations, barrier):
+    rng = random.Random(seed)
+    barrier.wait()
+    for i in range(ITERATIONS):
+        k = rng.randrange(SLOTS)
+        buf, memory = slots[k]
+        op = rng.randrange(9)
+        try:
+            if op == 0:
+                with memoryview(buf) as view:
+                    if bytes(view) != memory.pattern:
+                        violations.append(f"read after release through a view of slot {k}")
+            elif op == 1:
+                part = buf[1:-1]
+                if part.tobytes() != memory.pattern[1:-1]:
+                    violations.append(f"read after release through a slice of slot {k}")
+                if rng.random() < 0.5:
+                    part.release(defer=rng.random() < 0.5)
+                del part
+            elif op == 2:
+                buf.release()
+            elif op == 3:
+                buf.release(defer=True)
+            elif op == 4:
+                fresh = Memory(seed * 100003 + i)
+                slots[k] = (fresh.buffer(), fresh)
+            elif op == 5:
+                capsule = buf.__dlpack__(max_version=(1, 0))
+                del capsule
+            elif op == 6:
+                frames = []
+                data = pickle.dumps(buf, protocol=5, buffer_callback=frames.append)
+                same = pickle.loads(data, buffers=frames)
+                if same.tobytes() != memory.pattern:
+                    violations.append(f"read after release through a pickle of slot {k}")
+                del same, frames
+            elif op == 7:
+                if buf.exports < 0:
+                    violations.append(f"exports {buf.exports} < 0 on slot {k}")
+            elif i % 50 == 0:
+                gc.collect()
+        except (ValueError, BufferError):
+            pass  # released, pending, or views alive: refused, as documented
+        del buf, memory
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_threads_share_buffers(round_):
+    Memory.all.clear()
+    firsts = [Memory(j) for j in range(SLOTS)]
+    slots = [(m.buffer(), m) for m in firsts]
+    violations = []
+    barrier = threading.Barrier(THREADS)
+    threads = [threading.Thread(target=worker, args=(slots, round_ * 1000 + t, violations, barrier))
+               for t in range(THREADS)]
+    if sysconfig.get_config_var("Py_GIL_DISABLED") and os.environ.get("PYTHON_GIL") != "1":
+        assert not sys._is_gil_enabled(), "the GIL is on: these threads would not run at once"
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert violations == []
+    for buf, _ in slots:
+        assert buf.exports == 0
+    del slots, firsts, buf
+    gc.collect()
+    counts = [m.calls for m in Memory.all]
+    assert counts and all(c == 1 for c in counts), (
+        f"{sum(c != 1 for c in counts)} of {len(counts)} callbacks did not run exactly once: "
+        f"{sorted(set(counts))}")
