@@ -40,7 +40,9 @@ ITERATIONS = int(os.environ.get("MEMBUF_STRESS_ITERATIONS", "3000"))
 class Memory:
     """Fresh memory with a pattern, and the count of its release callback."""
 
-    lock = threading.Lock()
+    # Reentrant: a collection may start inside `with lock:` (at any check of
+    # the eval loop) and run another Memory's on_release on this thread.
+    lock = threading.RLock()
     all = []
 
     def __init__(self, seed):
