@@ -9,7 +9,14 @@ from conftest import build_extension
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 
 
-@pytest.fixture(scope="module", params=["version-specific", "limited-api"])
+FREE_THREADED = bool(__import__("sysconfig").get_config_var("Py_GIL_DISABLED"))
+
+
+@pytest.fixture(scope="module", params=[
+    "version-specific",
+    pytest.param("limited-api", marks=pytest.mark.skipif(
+        FREE_THREADED, reason="free-threaded CPython cannot load abi3 extensions before 3.15")),
+])
 def blobs(request, tmp_path_factory):
     """The example, built as usual and as an abi3 extension: membuf.h works
     under Py_LIMITED_API (3.11) too."""

@@ -47,6 +47,7 @@ asserted below:
 import os
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -409,7 +410,11 @@ def test_buffer_of_a_daemon_thread_is_never_released(request, target):
     module's Buffers is released."""
     lines = run(request, others_code() + "started = threading.Event()\n" + DAEMONS[target]
                 + "started.wait()\n")
-    if target == "function-of-the-module":
+    if target == "function-of-the-module" and sysconfig.get_config_var("Py_GIL_DISABLED"):
+        # Free-threaded 3.13 finalizes the module's globals even so (the
+        # daemon's own Buffer, in its frame, is still never released).
+        assert released_at_exit(lines) == ONLY_OTHERS
+    elif target == "function-of-the-module":
         assert released_at_exit(lines) == NOTHING
     else:
         assert released_at_exit(lines) == ONLY_OTHERS
