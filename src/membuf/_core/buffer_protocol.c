@@ -19,7 +19,7 @@
 
 /* The BufferError a request gets from this layout, or NULL.  Reads only
  * what never changes over a Buffer's life. */
-static const char *
+static inline const char *
 refusal_of(const MemBufObject *self, int flags)
 {
     if (REQ_WRITABLE(flags) && !(self->flags & MEMBUF_WRITABLE)) {
@@ -52,22 +52,23 @@ refusal_of(const MemBufObject *self, int flags)
 int
 membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
 {
-    const char *refusal = refusal_of(self, flags);
     /* Check and count under the Buffer's lock, so that no release can slip
      * in between (the rest reads fields that never change before release). */
+    const char *refusal = NULL;
     int released;
     MB_LOCK(self);
     released = MB_REFUSES_WORK(self);
-    if (!released && refusal == NULL) {
+    if (!released && (refusal = refusal_of(self, flags)) == NULL) {
         MB_ASSERT_FIELDS(self);
         self->exports++;
     }
     MB_UNLOCK();
-    if (released || refusal != NULL) {
+    if (released) {
         view->obj = NULL;
-        if (released) {
-            return membuf_refuse(self);
-        }
+        return membuf_refuse(self);
+    }
+    if (refusal != NULL) {
+        view->obj = NULL;
         PyErr_SetString(PyExc_BufferError, refusal);
         return -1;
     }

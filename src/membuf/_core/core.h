@@ -252,8 +252,23 @@ void membuf_mark_held_export(MemBufObject *self);
 int membuf_release(MemBufObject *self, int defer);
 
 /* One export ended (bf_releasebuffer): count it, and finish a deferred
- * release at zero. */
-void membuf_end_export(MemBufObject *self);
+ * release at zero, under the Buffer's lock. */
+void membuf_end_export_locked(MemBufObject *self);
+
+static inline void
+membuf_end_export(MemBufObject *self)
+{
+#ifndef Py_GIL_DISABLED
+    /* The GIL serializes every state change: with no release pending (the
+     * common case, and pending never clears without a release) count here. */
+    if (!(self->flags & MB_PENDING)) {
+        assert(self->exports > 0);
+        self->exports--;
+        return;
+    }
+#endif
+    membuf_end_export_locked(self);
+}
 
 /* errors.c */
 

@@ -496,14 +496,22 @@ do_duty(release_duty *duty, int unraisable)
 static inline int
 release_now(MemBufObject *self, int unraisable)
 {
-    release_duty duty;
-    take_duty(self, &duty);
-    if (!(duty.flags & (MB_PYCALLBACK | MB_SLICE)) && duty.owner == NULL) {
-        if (duty.release != NULL) {
-            duty.release(duty.mem, duty.mem_len, duty.ctx);
+    int flags = self->flags;
+    if (!(flags & (MB_PYCALLBACK | MB_SLICE)) && self->owner == NULL) {
+        /* take_duty() and do_duty() of this case, without the copies */
+        assert(!MB_IS_RELEASED(self) && self->exports == 0);
+        MemBuf_ReleaseFunc release = self->release;
+        void *ctx = self->ctx;
+        self->flags = (flags | MB_RELEASED) & ~(MB_PENDING | MB_GC_DEFERRED | MB_HELD_EXPORT);
+        self->release = NULL;
+        self->ctx = NULL;
+        if (release != NULL) {
+            release(self->mem, self->mem_len, ctx);
         }
         return 0;
     }
+    release_duty duty;
+    take_duty(self, &duty);
     return do_duty(&duty, unraisable);
 }
 
@@ -538,7 +546,7 @@ membuf_release(MemBufObject *self, int defer)
 }
 
 void
-membuf_end_export(MemBufObject *self)
+membuf_end_export_locked(MemBufObject *self)
 {
     release_duty duty;
     int owed;
