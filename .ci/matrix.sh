@@ -82,8 +82,8 @@ run_313t() {
     (cd /tmp && env -u PYTHON_GIL "$venv/bin/python" -W error::RuntimeWarning -c \
         'import sys, membuf; assert not sys._is_gil_enabled(), "membuf turned the GIL on"; print("GIL off")')
     log "CPython 3.13t: the threads stress test and the thread tests, GIL off (asserted)"
-    (cd "$ROOT" && env -u PYTHON_GIL "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-        -W error::RuntimeWarning tests/test_stress_threads.py tests/test_threads.py)
+    (cd "$ROOT" && env -u PYTHON_GIL MEMBUF_REQUIRE_NO_GIL=1 "$venv/bin/python" -m pytest -q \
+        -p no:cacheprovider -W error::RuntimeWarning tests/test_stress_threads.py tests/test_threads.py)
     log "CPython 3.13t: the whole suite (Hypothesis tests at 50 examples each)"
     (cd "$ROOT" && env -u PYTHON_GIL MEMBUF_HYPOTHESIS_EXAMPLES=50 "$venv/bin/python" -m pytest -q \
         -p no:cacheprovider --deselect tests/test_capi.py::TestAllocationFailures \

@@ -14,7 +14,9 @@ Checked: every release callback runs exactly once (its count, under a lock);
 no read through a live view ever sees memory after its callback ran (the
 callback poisons the memory first); `exports` is never negative and is 0
 once everything is dropped.  MEMBUF_STRESS_ITERATIONS sets the work per
-thread (CI runs the default; a long soak: 10**6 or more).
+thread (CI runs the default; a long soak: 10**6 or more);
+MEMBUF_REQUIRE_NO_GIL=1 asserts that the threads really run at once
+(free-threaded CPython with the GIL off, as CI's 3.13t job runs it).
 """
 
 import ctypes
@@ -120,7 +122,11 @@ def test_threads_share_buffers(round_):
     barrier = threading.Barrier(THREADS)
     threads = [threading.Thread(target=worker, args=(slots, round_ * 1000 + t, violations, barrier))
                for t in range(THREADS)]
-    if sysconfig.get_config_var("Py_GIL_DISABLED") and os.environ.get("PYTHON_GIL") != "1":
+    if os.environ.get("MEMBUF_REQUIRE_NO_GIL") == "1":
+        # CI's free-threaded job: these threads must really run at once.  (In
+        # a whole-suite run a module that does not declare free-threading
+        # support, such as the examples, may have turned the GIL back on.)
+        assert sysconfig.get_config_var("Py_GIL_DISABLED"), "not a free-threaded build"
         assert not sys._is_gil_enabled(), "the GIL is on: these threads would not run at once"
     for t in threads:
         t.start()
