@@ -220,6 +220,16 @@ void membuf_finalize(MemBufObject *self);
 
 /* lifetime.c */
 
+/* Capacity of the free list of plain Buffers (lifetime.c); 0: none.  Also
+ * membuf._membuf._FREELIST_MAX, for the tests. */
+#ifndef MEMBUF_FREELIST_MAX /* sanitizer and fuzz builds set 0: ASan then sees every object */
+#ifdef Py_GIL_DISABLED
+#define MEMBUF_FREELIST_MAX 0 /* one shared list would need a lock; the allocator is per thread */
+#else
+#define MEMBUF_FREELIST_MAX 32
+#endif
+#endif
+
 /* The one constructor.  Steals the duty to release (contract 3): on failure
  * the release callback (or the Python callable, for MB_PYCALLBACK) has been
  * called and `owner` is untouched (borrowed).  Takes a new ref to owner. */

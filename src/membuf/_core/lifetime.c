@@ -21,13 +21,6 @@ static char membuf_empty[1];
  * every user.  Objects on it are untracked, own nothing, and keep the
  * invariant fields of a compact Buffer (see alloc_compact).  In the limited
  * build they also keep their reference to the heap type. */
-#ifndef MEMBUF_FREELIST_MAX /* sanitizer and fuzz builds set 0: ASan then sees every object */
-#ifdef Py_GIL_DISABLED
-#define MEMBUF_FREELIST_MAX 0 /* one shared list would need a lock; the allocator is per thread */
-#else
-#define MEMBUF_FREELIST_MAX 32
-#endif
-#endif
 #define MB_FREELIST_MAX MEMBUF_FREELIST_MAX
 static MemBufObject *freelist[MB_FREELIST_MAX > 0 ? MB_FREELIST_MAX : 1];
 static int freelist_len = 0;

@@ -246,7 +246,8 @@ module_exec(PyObject *module)
         PyModule_AddStringConstant(module, "__version__", MEMBUF_PACKAGE_VERSION) < 0) {
         return -1;
     }
-    if (PyModule_AddIntConstant(module, "LIMITED_API", MB_LIMITED_API) < 0) {
+    if (PyModule_AddIntConstant(module, "LIMITED_API", MB_LIMITED_API) < 0 ||
+        PyModule_AddIntConstant(module, "_FREELIST_MAX", MEMBUF_FREELIST_MAX) < 0) {
         return -1;
     }
     return 0;
