@@ -126,8 +126,32 @@ for so in "${fakelib_so[@]}"; do check_sanitized "$so"; done
 # the at-exit check runs too.  .ci/lsan.supp: see the comments there.
 log "pass 2: leak check (detect_leaks=1)"
 SECONDS=0
-ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:fast_unwind_on_malloc=0 \
-LSAN_OPTIONS=suppressions=$ROOT/.ci/lsan.supp \
-    run_san "$PY" tests/leakcheck_driver.py --build-dir "$VENV/leakcheck-build"
+# The while-alive check inside the driver is exact and fails the driver
+# (exit 1).  The at-exit report may also list blocks the interpreter itself
+# leaks at finalization (Debian's stripped python3.11 gives no function
+# names to suppress them by, e.g. 2 x 24 bytes allocated during imports):
+# it fails this job only when a reported stack runs through membuf or
+# fakelib; otherwise it is printed and the job goes on.
+EXIT_REPORT=$VENV/lsan-at-exit
+rm -f "$EXIT_REPORT".*
+rc=0
+ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:fast_unwind_on_malloc=0:log_path=$EXIT_REPORT \
+LSAN_OPTIONS=suppressions=$ROOT/.ci/lsan.supp:exitcode=23 \
+    run_san "$PY" tests/leakcheck_driver.py --build-dir "$VENV/leakcheck-build" || rc=$?
+shopt -s nullglob
+reports=("$EXIT_REPORT".*)
+if ((${#reports[@]})); then
+    echo "== LeakSanitizer at-exit report:"
+    cat "${reports[@]}"
+fi
+if ((rc != 0 && rc != 23)); then
+    echo "leakcheck_driver failed (exit $rc): see above" >&2
+    exit 1
+fi
+if ((rc == 23)) && grep -Eq '_membuf|fakelib' "${reports[@]}"; then
+    echo "the at-exit leak report has stacks through membuf or fakelib" >&2
+    exit 1
+fi
+((rc == 23)) && echo "(at-exit report: interpreter-owned blocks only, no membuf or fakelib frame)"
 echo "pass 2 took ${SECONDS}s"
 log "sanitizers: OK"
