@@ -143,7 +143,8 @@ PyObject *membuf_richcompare(PyObject *self, PyObject *other, int op);
 /* A Buffer's lock: a per-object critical section in the free-threaded build
  * (3.13+), nothing where the GIL serializes everything.  Held only around
  * state changes that make no call-out (lifetime.c: take_duty() and its
- * callers, end_export(); buffer_protocol.c: taking an export), never while a
+ * callers, count_export_end(), membuf_end_export_locked(); buffer_protocol.c:
+ * taking an export), never while a
  * callback or other Python code runs. */
 #if defined(Py_BEGIN_CRITICAL_SECTION) && !defined(Py_LIMITED_API)
 #define MB_LOCK(self) Py_BEGIN_CRITICAL_SECTION((PyObject *)(self))

@@ -374,8 +374,8 @@ membuf_mark_held_export(MemBufObject *self)
  *                __del__, a finalizer) that releases, exports or drops any
  *                Buffer -- which can no longer reach this duty.
  * A slice's duty is to end its export of the parent; if the parent's
- * deferred release waited for that, end_export() takes the parent's duty
- * in the same locked step as the count reaches 0, and do_duty() loops on it:
+ * deferred release waited for that, do_duty() takes the parent's duty
+ * (take_if_owed(), checked and taken in one locked step) and loops on it:
  * chains of slices may be arbitrarily long.  (Before this two-step design, a
  * walk that decided to release a parent, then dropped a reference that ran
  * a weakref callback releasing that parent, released it twice.) */
