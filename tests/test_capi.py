@@ -1165,12 +1165,18 @@ class TestImportMembuf:
             assert fakelib.reimport() is None
         assert fakelib.reimport() is None
 
-    def test_an_extension_built_for_an_older_api_version(self, fakelib, tmp_path, monkeypatch):
-        """MEMBUF_TARGET_API_VERSION 1: imports against this membuf (API 2) and
-        against one that provides only API 1, where a default build fails."""
+    @pytest.fixture(scope="class")
+    def target_v1(self, tmp_path_factory):
+        """Built once per session run (a module built per call would be a new
+        module object each time: the refleak job would count it as a leak)."""
         from conftest import build_extension
 
-        old = build_extension("target_v1", ["target_v1.c"], tmp_path)
+        return build_extension("target_v1", ["target_v1.c"], tmp_path_factory.mktemp("v1"))
+
+    def test_an_extension_built_for_an_older_api_version(self, fakelib, target_v1, monkeypatch):
+        """MEMBUF_TARGET_API_VERSION 1: imports against this membuf (API 2) and
+        against one that provides only API 1, where a default build fails."""
+        old = target_v1
         assert old.target() == 1 and membuf.API_VERSION >= 2
         assert old.wrap_empty().nbytes == 0
         with monkeypatch.context() as patch:
