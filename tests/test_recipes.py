@@ -1,4 +1,4 @@
-"""docs/recipes.md is tested as written.
+"""docs/recipes.md is tested as written (tests/mdblocks.py reads and runs the blocks).
 
 Every ```python and ```pycon block runs, in order, in one namespace per `## `
 section (pycon blocks are doctests: printed results and exception messages
@@ -9,18 +9,17 @@ picture.  A block of any other kind, or with an unknown annotation, fails.
 """
 
 import contextlib
-import doctest
 import importlib
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
 
 import membuf
+from mdblocks import parse, repo_links, run_blocks
 
 # Loaded up front when installed, so that tools/refleak.py (which looks for
 # release-ABI extensions before each test starts) knows that the sections
@@ -39,39 +38,7 @@ BUILT = "<!-- test: built by tests/test_recipes.py from tests/cython/cy_getbuf.p
 NOT_COMPILED = '<!-- test: not compiled (the "before" picture) -->'
 
 
-@dataclass
-class Block:
-    section: str
-    lang: str
-    code: str
-    line: int  # line of the first code line in recipes.md
-    note: str  # the <!-- test: ... --> line right above the fence, or ""
-
-
-def parse(text):
-    blocks, section, note = [], "", ""
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("## "):
-            section = line[3:].strip()
-        if line.startswith("```"):
-            lang, start = line[3:].strip(), i + 1
-            end = start
-            while end < len(lines) and lines[end] != "```":
-                end += 1
-            assert end < len(lines), f"recipes.md:{i + 1}: the code block never closes"
-            blocks.append(Block(section, lang, "\n".join(lines[start:end]) + "\n", start + 1, note))
-            i, note = end + 1, ""
-            continue
-        if line.strip():
-            note = line.strip() if line.startswith("<!-- test:") else ""
-        i += 1
-    return blocks
-
-
-BLOCKS = parse(DOC.read_text())
+BLOCKS = parse(DOC)
 RUNNABLE = [b for b in BLOCKS if b.lang in ("python", "pycon") and b.note != BUILT]
 SECTIONS = list(dict.fromkeys(b.section for b in RUNNABLE))
 
@@ -83,21 +50,7 @@ def run_section(section):
         if any(re.search(rf"^import {module}\b", b.code, re.M) for b in blocks):
             pytest.importorskip(module)
     ns = {"__name__": f"recipes_{section}"}
-    examples = 0
-    for block in blocks:
-        if block.lang == "python":
-            padded = "\n" * (block.line - 1) + block.code  # tracebacks name doc lines
-            exec(compile(padded, str(DOC), "exec"), ns)
-            continue
-        test = doctest.DocTestParser().get_doctest(
-            block.code, ns, f"recipes.md:{block.line}", str(DOC), block.line - 1
-        )
-        test.globs = ns  # DocTest copies globs; the section shares one namespace
-        report = []
-        runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-        result = runner.run(test, out=report.append, clear_globs=False)
-        assert result.failed == 0, "".join(report)
-        examples += result.attempted
+    examples = run_blocks(DOC, blocks, ns)
     return ns, examples
 
 
@@ -133,10 +86,13 @@ def test_cython_blocks_are_verbatim_parts_of_the_tested_modules():
     assert checked == 2
 
 
-def test_links_to_the_examples_exist():
-    text = DOC.read_text()
-    for link in re.findall(r"\]\(\.\./([^)#]+)", text):
+def test_links_to_repository_files_exist():
+    links = repo_links(DOC.read_text())
+    assert "examples/sqlite_blobs" in links and "tests/cython/blobsource.c" in links
+    for link in links:
         assert (ROOT / link).exists(), link
+    for page in re.findall(r"\]\(([\w-]+\.md)[#)]", DOC.read_text()):
+        assert (DOC.parent / page).exists(), page
 
 
 # --------------------------------------------------------------------------
@@ -252,3 +208,30 @@ def test_cython_setup_py_recipe_builds(tmp_path):
     run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout == "b'\\x00\\x01\\x02\\x03\\x04' True 0\n1\n"
+
+
+def test_the_three_line_answer_builds_from_what_the_page_shows(tmp_path):
+    # The page says: the block is mylib.pyx, the library is
+    # tests/cython/blobsource.{c,h}, and the setup.py block builds it.
+    pytest.importorskip("Cython")
+    (recipe,) = [b for b in BLOCKS if b.note == "<!-- test: verbatim in tests/cython/cy_getbuf.pyx -->"]
+    (script,) = [b for b in BLOCKS if b.note == BUILT]
+    (tmp_path / "mylib.pyx").write_text(recipe.code)
+    (tmp_path / "setup.py").write_text(script.code)
+    for name in ("blobsource.c", "blobsource.h"):
+        shutil.copy(CYTHON_DIR / name, tmp_path / name)
+    build = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    check = (
+        "import membuf, mylib\n"
+        "buf = mylib.getbuf(5)\n"
+        "print(type(buf) is membuf.Buffer, buf.readonly, memoryview(buf).tobytes())\n"
+        "buf.release()\n"
+        "print(buf.released)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "True True b'\\x00\\x01\\x02\\x03\\x04'\nTrue\n"

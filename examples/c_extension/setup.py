@@ -1,5 +1,5 @@
-# Build: pip install membuf && pip install --no-build-isolation .
-# (or list membuf in [build-system] requires of your own pyproject.toml)
+# Build (README.md): pip install ../.. && pip install 'setuptools>=70.1' &&
+# pip install --no-build-isolation .  -- build requirements: pyproject.toml
 import membuf
 from setuptools import Extension, setup
 

@@ -1,5 +1,7 @@
-"""python -m membuf            run the demonstration (see membuf._demo)
-python -m membuf --include  print the directory of membuf.h (for build scripts)"""
+"""python -m membuf              run the demonstration (see membuf._demo): 16 MiB, about a second
+python -m membuf --size 1GiB  the same over a bigger block
+python -m membuf --include    print the directory of membuf.h (for build scripts)
+python -m membuf --version    print membuf's version"""
 
 import argparse
 import sys
@@ -17,9 +19,10 @@ def main(argv=None):
     )
     parser.add_argument(
         "--size",
-        default="1GiB",
-        help="how much memory the demonstration wraps (e.g. 64MiB, 1GiB; default 1GiB)",
+        default="16MiB",
+        help="how much memory the demonstration wraps (e.g. 64MiB, 1GiB; default 16MiB)",
     )
+    parser.add_argument("--version", action="version", version=f"membuf {membuf.__version__}")
     args = parser.parse_args(argv)
     if args.include:
         print(membuf.get_include())

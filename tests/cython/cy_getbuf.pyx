@@ -2,16 +2,19 @@
 # The motivating question: a C function returns `const void *` + `size_t` from
 # malloc; hand it to Python zero-copy, and free it exactly once.  The three
 # membuf lines are the first import, import_membuf() and the return statement;
-# docs/recipes.md shows this file's recipe verbatim (the test checks).
+# docs/recipes.md shows this file's recipe verbatim (the test checks), and
+# tests/test_recipes.py builds the recipe alone, as the page shows it.
 
-cdef extern from "blobsource.h":
-    const void *blobsource_get(size_t n, size_t *len)
-    void blobsource_free(void *ptr) nogil
+cdef extern from "blobsource.h":     # what the tests count (not part of the recipe)
     long blobsource_handed_out()
     long blobsource_freed()
     const void *blobsource_last()
 
 # --- recipe ---
+cdef extern from "blobsource.h":     # the C library: tests/cython/blobsource.h
+    const void *blobsource_get(size_t n, size_t *len)
+    void blobsource_free(void *ptr) nogil
+
 from membuf cimport MemBuf_FromMemory, import_membuf
 import_membuf()
 
