@@ -16,7 +16,9 @@ static const char membuf_type_doc[] =
     "\n"
     "Created by membuf.from_address() or, from C, MemBuf_FromMemory() /\n"
     "MemBuf_FromSpec().  Speaks the buffer protocol; release() gives the memory\n"
-    "back (refused with BufferError while exports are alive).";
+    "back (refused with BufferError while exports are alive).  `with buf:` releases\n"
+    "at the end of the block: strictly on a clean exit; when the block raises, at\n"
+    "once or when the last view ends, never hiding the block's exception.";
 
 /* ------------------------------------------------------------------------ */
 /* Attributes: none of them touch the memory, so all answer after release.  */
