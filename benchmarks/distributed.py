@@ -55,13 +55,19 @@ def check(kind, obj, n):
         raise AssertionError(f"{kind}: contents differ")
 
 
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def interleaved_medians(fns, repeats):
+    """{kind: median seconds}: one warm-up call of each, then `repeats`
+    rounds that call each once, in turn (so that drift in the machine's load,
+    or a store's first-touch page faults, fall on every kind alike)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = {kind: [] for kind in fns}
+    for _ in range(repeats):
+        for kind, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[kind].append(time.perf_counter() - t0)
+    return {kind: statistics.median(ts) for kind, ts in times.items()}
 
 
 def bench_dask(n, repeats, kinds):
@@ -69,18 +75,18 @@ def bench_dask(n, repeats, kinds):
     results = {}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        for kind in kinds:
-            fut = client.submit(make, kind, n, pure=False)
-            fut.result()  # warm-up, and checks it works at all
-            sizes = client.nbytes(summary=False)
+        futs = {kind: client.submit(make, kind, n, pure=False) for kind in kinds}
+        client.gather(list(futs.values()))
+        sizes = client.nbytes(summary=False)
+        for kind, fut in futs.items():
             if kind != "bytes" and sizes[fut.key] < n:
                 raise AssertionError(f"{kind}: sizeof says {sizes[fut.key]} for {n} bytes")
-            for path, direct in (("dask, via scheduler", False), ("dask, direct", True)):
-                def once():
-                    check(kind, client.gather(fut, direct=direct), n)
-                once()
-                results[path, kind] = median_time(once, repeats)
-            del fut
+        for path, direct in (("dask, via scheduler", False), ("dask, direct", True)):
+            def once(kind, direct=direct):
+                check(kind, client.gather(futs[kind], direct=direct), n)
+            medians = interleaved_medians({k: (lambda k=k: once(k)) for k in kinds}, repeats)
+            results.update({(path, k): t for k, t in medians.items()})
+        del futs
     return results
 
 
@@ -91,13 +97,12 @@ def bench_ray(n, repeats, kinds):
              log_to_driver=False, configure_logging=False)
     results = {}
     try:
-        for kind in kinds:
-            obj = make(kind, n)
+        objs = {kind: make(kind, n) for kind in kinds}
 
-            def once():
-                check(kind, ray.get(ray.put(obj)), n)
-            once()
-            results["ray put+get", kind] = median_time(once, repeats)
+        def once(kind):
+            check(kind, ray.get(ray.put(objs[kind])), n)
+        medians = interleaved_medians({k: (lambda k=k: once(k)) for k in kinds}, repeats)
+        results.update({("ray put+get", k): t for k, t in medians.items()})
     finally:
         ray.shutdown()
     return results
