@@ -86,7 +86,6 @@ def bench_dask(n, repeats, kinds):
                 check(kind, client.gather(futs[kind], direct=direct), n)
             medians = interleaved_medians({k: (lambda k=k: once(k)) for k in kinds}, repeats)
             results.update({(path, k): t for k, t in medians.items()})
-        del futs
     return results
 
 

@@ -49,7 +49,6 @@ def register_sizeof(sizeof):
 
 
 def _serialize(buf):
-    import membuf  # noqa: F401  (the type is membuf's own)
     from pickle import PickleBuffer
 
     header = {"format": buf.format, "shape": list(buf.shape), "readonly": buf.readonly}
