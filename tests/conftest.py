@@ -91,3 +91,38 @@ def hypothesis_profile(prefix, ci_examples, long_examples, long_extra=None, **ex
     if examples:
         chosen = settings(chosen, max_examples=int(examples))
     return chosen
+
+
+# ---------------------------------------------------------------------------
+# pytest-run-parallel (CI's free-threaded job runs every test in several
+# threads at once): tests whose state is per test, not per thread, run on
+# one thread, each with its reason.
+# ---------------------------------------------------------------------------
+
+THREAD_UNSAFE_FIXTURES = {
+    "big": "the fixture is one Buffer per test, shared by the threads, and the test "
+           "releases it",
+    "big_writable": "the fixture is one Buffer per test, shared by the threads, and the test "
+                    "releases it",
+    "monkeypatch": "monkeypatch changes process-wide state",
+    "capfd": "captures the process's file descriptors",
+    "unraisable": "swaps the process-wide sys.unraisablehook",
+}
+THREAD_UNSAFE_FILES = {
+    "test_cython.py": "the Cython test modules count frees and remember the last address in "
+                      "module globals",
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "thread_unsafe(reason): pytest-run-parallel runs the test on one thread")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        reason = THREAD_UNSAFE_FILES.get(item.path.name)
+        for name in getattr(item, "fixturenames", ()):
+            reason = reason or THREAD_UNSAFE_FIXTURES.get(name)
+        if reason is not None:
+            item.add_marker(pytest.mark.thread_unsafe(reason=reason))

@@ -1113,6 +1113,15 @@ class TestSlices:
 # ---------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def target_v1(tmp_path_factory):
+    """tests/capi/target_v1.c, built once (a module built per call would be a
+    new module object each time: the refleak job would count it as a leak)."""
+    from conftest import build_extension
+
+    return build_extension("target_v1", ["target_v1.c"], tmp_path_factory.mktemp("v1"))
+
+
 class TestImportMembuf:
     @pytest.fixture(autouse=True)
     def reimport_afterwards(self, fakelib):
@@ -1164,14 +1173,6 @@ class TestImportMembuf:
             )
             assert fakelib.reimport() is None
         assert fakelib.reimport() is None
-
-    @pytest.fixture(scope="class")
-    def target_v1(self, tmp_path_factory):
-        """Built once per session run (a module built per call would be a new
-        module object each time: the refleak job would count it as a leak)."""
-        from conftest import build_extension
-
-        return build_extension("target_v1", ["target_v1.c"], tmp_path_factory.mktemp("v1"))
 
     def test_an_extension_built_for_an_older_api_version(self, fakelib, target_v1, monkeypatch):
         """MEMBUF_TARGET_API_VERSION 1: imports against this membuf (API 2) and

@@ -276,11 +276,14 @@ def test_dealloc_while_an_exception_propagates(unraisable, raising):
 # from_address: bad arguments
 # ---------------------------------------------------------------------------
 
+NOT_AN_ADDRESS = (r"^address must be an int, a ctypes pointer, array or object, or a cffi "
+                  r"pointer or array")
+
 BAD_VALUES = [
     # (address, size, exception, message)
-    (1.0, 5, TypeError, r"^address must be an int, not float$"),
-    ("1", 5, TypeError, r"^address must be an int, not str$"),
-    (None, 0, TypeError, r"^address must be an int, not NoneType$"),
+    (1.0, 5, TypeError, NOT_AN_ADDRESS + r", not float$"),
+    ("1", 5, TypeError, NOT_AN_ADDRESS + r", not str$"),
+    (None, 0, TypeError, NOT_AN_ADDRESS + r", not NoneType$"),
     (True, 0, TypeError, r"^address must be an int, not bool$"),
     (1, False, TypeError, r"^size must be an int, not bool$"),
     (1, 5.0, TypeError, r"^size must be an int, not float$"),
@@ -403,9 +406,10 @@ def test_largest_address_range_is_accepted():
     "args, kwargs, message",
     [
         ((), {}, r"^from_address\(\) missing required argument 'address'$"),
-        ((1,), {}, r"^from_address\(\) missing required argument 'size'$"),
+        ((1,), {}, r"^from_address\(\) needs a size, or a shape to derive it from$"),
         ((), {"size": 1}, r"^from_address\(\) missing required argument 'address'$"),
-        ((1, 2, True), {}, r"^from_address\(\) takes 2 positional arguments but 3 were given$"),
+        ((1, 2, True), {},
+         r"^from_address\(\) takes from 1 to 2 positional arguments but 3 were given$"),
         ((1, 2), {"address": 1}, r"^from_address\(\) got multiple values for argument 'address'$"),
         ((1, 2), {"size": 2}, r"^from_address\(\) got multiple values for argument 'size'$"),
         ((1, 2), {"bogus": 1}, r"^from_address\(\) got an unexpected keyword argument 'bogus'$"),
@@ -643,7 +647,7 @@ def test_buffer_is_weakrefable():
 
 def test_module_namespace():
     assert set(membuf.__all__) == {"ABI_VERSION", "API_VERSION", "Buffer", "address_of",
-                                   "from_address", "get_include"}
+                                   "from_address", "from_buffer", "get_include"}
     for name in membuf.__all__:
         assert hasattr(membuf, name)
     assert isinstance(membuf.ABI_VERSION, int) and isinstance(membuf.API_VERSION, int)
@@ -656,8 +660,11 @@ def test_introspection():
     assert membuf.Buffer.__name__ == "Buffer"
     assert membuf.Buffer.__doc__
     assert str(inspect.signature(membuf.from_address)) == (
-        "(address, size, *, readonly=True, owner=None, on_release=None)")
-    assert str(inspect.signature(membuf.address_of)) == "(obj)"
+        "(address, size=None, *, format=None, shape=None, strides=None, readonly=True, "
+        "owner=None, on_release=None)")
+    assert str(inspect.signature(membuf.from_buffer)) == (
+        "(obj, /, *, readonly=None, format=None, shape=None, strides=None, on_release=None)")
+    assert str(inspect.signature(membuf.address_of)) == "(obj, /)"
     buf, _, _ = wrap()
     assert str(inspect.signature(buf.release)) == "(defer=False)"
     assert str(inspect.signature(buf.tobytes)) == "()"

@@ -12,9 +12,19 @@ From C, include ``membuf.h`` (see :func:`get_include`) and call
 
 import os as _os
 
-from ._membuf import ABI_VERSION, API_VERSION, Buffer, __version__, address_of, from_address
+from ._membuf import (
+    ABI_VERSION,
+    API_VERSION,
+    Buffer,
+    __version__,
+    address_of,
+    from_address,
+    from_buffer,
+)
 
-__all__ = ["ABI_VERSION", "API_VERSION", "Buffer", "address_of", "from_address", "get_include"]
+__all__ = [
+    "ABI_VERSION", "API_VERSION", "Buffer", "address_of", "from_address", "from_buffer", "get_include",
+]
 
 
 def get_include() -> str:

@@ -1,8 +1,9 @@
-from collections.abc import Callable
+import ctypes
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, SupportsIndex, final, overload
 
-from typing_extensions import Buffer as _BufferLike, CapsuleType, Self
+from typing_extensions import Buffer as _BufferLike, CapsuleType, Self, TypeAlias
 
 __version__: str
 ABI_VERSION: int
@@ -72,13 +73,48 @@ class Buffer:
     def __release_buffer__(self, buffer: memoryview, /) -> None: ...
     __hash__: None  # type: ignore[assignment]
 
+# The ctypes objects from_address() takes as an address (their memory, or the
+# memory they point to).  cffi ships no type information: its cdata objects
+# (pointers and arrays) are accepted at run time and typed Any here.
+_CtypesAddress: TypeAlias = (
+    ctypes._SimpleCData[Any] | ctypes._Pointer[Any] | ctypes.Array[Any] | ctypes.Structure
+    | ctypes.Union
+)
+_CffiCData: TypeAlias = Any
+
+@overload
 def from_address(
-    address: int,
-    size: int,
+    address: SupportsIndex,
+    size: SupportsIndex | None = None,
     *,
+    format: str | None = None,
+    shape: Sequence[SupportsIndex] | None = None,
+    strides: Sequence[SupportsIndex] | None = None,
     readonly: bool = True,
     owner: object = None,
     on_release: Callable[[], object] | None = None,
 ) -> Buffer: ...
-def address_of(obj: _BufferLike) -> int: ...
+@overload
+def from_address(
+    address: _CtypesAddress | _CffiCData,
+    size: SupportsIndex | None = None,
+    *,
+    format: str | None = None,
+    shape: Sequence[SupportsIndex] | None = None,
+    strides: Sequence[SupportsIndex] | None = None,
+    readonly: bool = True,
+    owner: None = None,  # the ctypes/cffi object itself is kept as the owner
+    on_release: Callable[[], object] | None = None,
+) -> Buffer: ...
+def from_buffer(
+    obj: _BufferLike,
+    /,
+    *,
+    readonly: bool | None = None,
+    format: str | None = None,
+    shape: Sequence[SupportsIndex] | None = None,
+    strides: Sequence[SupportsIndex] | None = None,
+    on_release: Callable[[], object] | None = None,
+) -> Buffer: ...
+def address_of(obj: _BufferLike, /) -> int: ...
 def get_include() -> str: ...

@@ -38,7 +38,7 @@
 #define MB_UNTRACKED_CALLABLE 0x8000 /* finalize untracked the Python callable in ctx */
 #define MB_TRACKED 0x10000   /* we called PyObject_GC_Track on this Buffer */
 #define MB_GC_DEFERRED 0x20000 /* with MB_PENDING: the GC finalized us under a live export */
-#define MB_HELD_EXPORT 0x40000 /* ctx is a Py_buffer * export we hold (traversed: view->obj) */
+#define MB_HELD_EXPORT 0x40000 /* ctx is a membuf_held_export (traversed: view.obj, on_release) */
 
 /*
  * A Buffer.  Invariants:
@@ -55,8 +55,9 @@
  *     and the duty to call release(mem, mem_len, ctx) once; with
  *     MB_PYCALLBACK, ctx is a strong ref to a Python callable instead; with
  *     MB_SLICE, the duty is to end one export of the parent (= owner);
- *     with MB_HELD_EXPORT, ctx is a Py_buffer export of another object that
- *     release() ends (a Buffer rebuilt by pickle).
+ *     with MB_HELD_EXPORT, ctx is a membuf_held_export: an export of
+ *     another object (the owner) that release ends, then calls the Python
+ *     on_release it may hold (from_buffer(), and Buffers rebuilt by pickle).
  *     Release clears all four fields *before* the callback runs.
  *   - GC: tracked only while owner or a Python callable could form a cycle.
  *     Every reference we hold is visited by tp_traverse, including the
@@ -193,13 +194,14 @@ PyObject *membuf_richcompare(PyObject *self, PyObject *other, int op);
  * ValueError set. */
 Py_ssize_t membuf_itemsize_of_format(const char *format);
 
-/* Check a spec's layout with format (NULL for "B"); on success fill
- * *ndim_out, shape_out, strides_out (C order when the spec has none),
- * *itemsize_out and *nbytes_out.  -1 with ValueError/OverflowError set
- * otherwise. */
-int membuf_check_layout(const MemBuf_Spec *spec, const char *format, int *ndim_out,
-                        Py_ssize_t *shape_out, Py_ssize_t *strides_out, Py_ssize_t *itemsize_out,
-                        Py_ssize_t *nbytes_out);
+/* Check a spec's layout with format (NULL for "B"), element [0, ..., 0] at
+ * ptr + offset (0 for the C API; explicit strides only otherwise); on
+ * success fill *ndim_out, shape_out, strides_out (C order when the spec has
+ * none), *itemsize_out and *nbytes_out.  -1 with ValueError/OverflowError
+ * set otherwise. */
+int membuf_check_layout(const MemBuf_Spec *spec, const char *format, Py_ssize_t offset,
+                        int *ndim_out, Py_ssize_t *shape_out, Py_ssize_t *strides_out,
+                        Py_ssize_t *itemsize_out, Py_ssize_t *nbytes_out);
 
 /* MB_C_CONTIG | MB_F_CONTIG as they apply to a layout. */
 int membuf_layout_flags(int ndim, const Py_ssize_t *shape, const Py_ssize_t *strides,
@@ -254,10 +256,28 @@ void membuf_release_unwrapped(const MemBuf_Spec *spec, int pycallback);
 PyObject *membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *shape,
                           const Py_ssize_t *strides);
 
-/* A Buffer just created, with an owner, whose ctx is a Py_buffer export of
- * another object (its release callback ends that export): mark it so that
- * tp_traverse visits the exporter. */
+/* ctx of a Buffer with MB_HELD_EXPORT.  Ownership: the Buffer owns the
+ * struct (PyMem), the export in view (ended with PyBuffer_Release) and the
+ * strong reference on_release (or NULL); its release duty ends the export,
+ * frees the struct, then calls on_release (lifetime.c, do_duty). */
+typedef struct {
+    Py_buffer view; /* filled in place: exporters may point view.shape into it */
+    PyObject *on_release;
+} membuf_held_export;
+
+/* The release callback of a spec whose ctx is a membuf_held_export, for the
+ * paths that never made a Buffer (creation failed): ends the export, calls
+ * on_release reporting its error as unraisable, frees the struct. */
+void membuf_held_export_release(void *ptr, size_t len, void *ctx);
+
+/* A Buffer just created by membuf_from_spec_at() from a spec whose ctx is a
+ * membuf_held_export and whose owner is the exporter: mark it so that its
+ * release duty and tp_traverse know ctx. */
 void membuf_mark_held_export(MemBufObject *self);
+
+/* membuf_from_spec with element [0, ..., 0] at spec->ptr + offset (only
+ * with explicit strides; membuf_check_layout). */
+PyObject *membuf_from_spec_at(const MemBuf_Spec *spec, int pycallback, Py_ssize_t offset);
 
 /* release() semantics shared by Python and C: strict or deferred. */
 int membuf_release(MemBufObject *self, int defer);
@@ -289,6 +309,40 @@ int membuf_refuse(MemBufObject *self);
 /* Raise exc with the message "<format % ...>, not <name of obj's type>";
  * returns -1.  (The limited API cannot read tp_name: it uses __name__.) */
 int membuf_type_error(PyObject *exc, PyObject *obj, const char *format, ...);
+
+/* constructors.c */
+
+/* readonly_mode of membuf_from_exporter() */
+enum { MB_FOLLOW_EXPORTER, MB_FORCE_READONLY, MB_REQUIRE_WRITABLE };
+
+/* A Buffer over obj's memory, holding one export of obj (and obj as owner)
+ * until released: from_buffer() and _rebuild().  With layout == NULL the
+ * exporter's own layout (any strides); otherwise layout's format (NULL:
+ * the exporter's), shape and strides over a C-contiguous export, checked
+ * against its size.  Ownership of on_release (a new reference, may be
+ * NULL) passes on entry: on failure it has been called. */
+PyObject *membuf_from_exporter(PyObject *obj, int readonly_mode, const MemBuf_Spec *layout,
+                               PyObject *on_release);
+
+/* Interned keyword names, one set per module object (per interpreter). */
+enum {
+    MB_KW_ADDRESS, MB_KW_SIZE, MB_KW_FORMAT, MB_KW_SHAPE, MB_KW_STRIDES, MB_KW_READONLY,
+    MB_KW_OWNER, MB_KW_ON_RELEASE, MB_KW_COUNT
+};
+typedef struct {
+    PyObject *kw[MB_KW_COUNT];
+} membuf_module_state;
+int membuf_module_state_init(PyObject *module);
+void membuf_module_state_clear(PyObject *module);
+PyObject *membuf_py_from_address(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames);
+PyObject *membuf_py_from_buffer(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames);
+PyObject *membuf_py_address_of(PyObject *module, PyObject *obj);
+
+/* The name of obj's type (tp_name; __name__ in the limited API), a new
+ * reference, for messages ("%.200U"); NULL with an exception set. */
+PyObject *membuf_type_name(PyObject *obj);
 
 /* pickle.c */
 PyObject *membuf_reduce_ex(MemBufObject *self, PyObject *protocol);

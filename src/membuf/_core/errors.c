@@ -52,3 +52,13 @@ membuf_type_error(PyObject *exc, PyObject *obj, const char *format, ...)
     Py_DECREF(message);
     return -1;
 }
+
+PyObject *
+membuf_type_name(PyObject *obj)
+{
+#ifdef Py_LIMITED_API
+    return PyType_GetName(Py_TYPE(obj));
+#else
+    return PyUnicode_FromString(Py_TYPE(obj)->tp_name);
+#endif
+}

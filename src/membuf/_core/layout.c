@@ -115,18 +115,24 @@ mul_overflows(Py_ssize_t a, Py_ssize_t b, Py_ssize_t *out)
     return 0;
 }
 
-/* Check a spec's layout; on success fill *ndim_out, shape_out, strides_out
- * (strides computed for C order when the spec has none), *itemsize_out and
- * *nbytes_out.  -1 with ValueError/OverflowError set otherwise. */
+/* Check a spec's layout, with element [0, ..., 0] at ptr + offset; on
+ * success fill *ndim_out, shape_out, strides_out (strides computed for C
+ * order when the spec has none), *itemsize_out and *nbytes_out.  -1 with
+ * ValueError/OverflowError set otherwise.  offset is 0 for the C API (so a
+ * negative stride along a dimension of more than one item reaches below ptr
+ * and is refused); from_buffer() passes the offset of an exporter's element
+ * 0 above the lowest byte it reaches (negative strides). */
 int
-membuf_check_layout(const MemBuf_Spec *spec, const char *format, int *ndim_out, Py_ssize_t *shape_out,
-             Py_ssize_t *strides_out, Py_ssize_t *itemsize_out, Py_ssize_t *nbytes_out)
+membuf_check_layout(const MemBuf_Spec *spec, const char *format, Py_ssize_t offset, int *ndim_out,
+                    Py_ssize_t *shape_out, Py_ssize_t *strides_out, Py_ssize_t *itemsize_out,
+                    Py_ssize_t *nbytes_out)
 {
     Py_ssize_t len = (Py_ssize_t)spec->len;
     Py_ssize_t itemsize = format != NULL ? membuf_itemsize_of_format(format) : 1;
     if (itemsize < 0) {
         return -1;
     }
+    assert(offset >= 0 && offset <= len);
     *itemsize_out = itemsize;
     if (spec->shape == NULL) {
         if (spec->ndim != 0 && spec->ndim != 1) {
@@ -145,6 +151,7 @@ membuf_check_layout(const MemBuf_Spec *spec, const char *format, int *ndim_out, 
                          len, itemsize, format != NULL ? format : "B");
             return -1;
         }
+        assert(offset == 0);
         *ndim_out = 1;
         shape_out[0] = len / itemsize;
         strides_out[0] = itemsize;
@@ -194,6 +201,7 @@ membuf_check_layout(const MemBuf_Spec *spec, const char *format, int *ndim_out, 
                          format != NULL ? format : "B", nbytes, len);
             return -1;
         }
+        assert(offset == 0);
         /* Each stride is <= nbytes unless a dimension is 0; then no element
          * is ever addressed, and a stride that would overflow stays as is. */
         Py_ssize_t stride = itemsize;
@@ -207,29 +215,33 @@ membuf_check_layout(const MemBuf_Spec *spec, const char *format, int *ndim_out, 
         return 0;
     }
     /* Explicit strides: every element must lie inside [ptr, ptr + len).
-     * Element [0, ..., 0] is at ptr, so a negative stride along a dimension
-     * of more than one item always reaches below ptr. */
+     * Element [0, ..., 0] is at ptr + offset; each dimension of more than
+     * one item reaches (shape - 1) * |stride| further up (positive stride)
+     * or down (negative), out of the room left on that side. */
     for (int i = 0; i < ndim; i++) {
         strides_out[i] = spec->strides[i];
     }
     if (nitems == 0) {
         return 0; /* no element is ever addressed */
     }
-    Py_ssize_t last = 0; /* offset of the last byte's item, kept <= len - itemsize */
-    if (len < itemsize) {
+    if (len < itemsize || offset > len - itemsize) {
         goto outside;
     }
+    Py_ssize_t room_below = offset, room_above = len - itemsize - offset;
     for (int i = 0; i < ndim; i++) {
-        Py_ssize_t span;
+        Py_ssize_t stride = strides_out[i], span;
         if (shape_out[i] == 1) {
             continue;
         }
-        if (strides_out[i] < 0 ||
-            mul_overflows(shape_out[i] - 1, strides_out[i], &span) ||
-            span > len - itemsize - last) {
+        if (stride == PY_SSIZE_T_MIN ||
+            mul_overflows(shape_out[i] - 1, stride < 0 ? -stride : stride, &span)) {
             goto outside;
         }
-        last += span;
+        Py_ssize_t *room = stride < 0 ? &room_below : &room_above;
+        if (span > *room) {
+            goto outside;
+        }
+        *room -= span;
     }
     return 0;
 outside:

@@ -213,6 +213,12 @@ membuf_from_memory(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc re
 PyObject *
 membuf_from_spec(const MemBuf_Spec *spec, int pycallback)
 {
+    return membuf_from_spec_at(spec, pycallback, 0);
+}
+
+PyObject *
+membuf_from_spec_at(const MemBuf_Spec *spec, int pycallback, Py_ssize_t offset)
+{
     Py_ssize_t shape[MEMBUF_MAX_NDIM], strides[MEMBUF_MAX_NDIM];
     Py_ssize_t itemsize, nbytes;
     int ndim;
@@ -238,7 +244,7 @@ membuf_from_spec(const MemBuf_Spec *spec, int pycallback)
     }
 
     if (format == NULL && spec->shape == NULL && spec->strides == NULL &&
-        (spec->ndim == 0 || spec->ndim == 1)) {
+        (spec->ndim == 0 || spec->ndim == 1) && offset == 0) {
         /* The common case: plain bytes. */
         self = membuf_alloc(1, 1, NULL);
         if (self == NULL) {
@@ -248,7 +254,8 @@ membuf_from_spec(const MemBuf_Spec *spec, int pycallback)
         self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
     }
     else {
-        if (membuf_check_layout(spec, format, &ndim, shape, strides, &itemsize, &nbytes) < 0) {
+        if (membuf_check_layout(spec, format, offset, &ndim, shape, strides, &itemsize,
+                                &nbytes) < 0) {
             goto fail;
         }
         int compact = format == NULL && ndim == 1 && (strides[0] == 1 || shape[0] <= 1);
@@ -270,7 +277,7 @@ membuf_from_spec(const MemBuf_Spec *spec, int pycallback)
     self->flags |= spec->flags;
     self->mem = (void *)spec->ptr;
     self->mem_len = spec->len;
-    self->buf = spec->ptr != NULL ? (char *)spec->ptr : membuf_empty;
+    self->buf = spec->ptr != NULL ? (char *)spec->ptr + offset : membuf_empty;
     self->release = spec->release;
     self->ctx = spec->ctx;
     if (pycallback) {
@@ -355,7 +362,27 @@ membuf_mark_held_export(MemBufObject *self)
     assert(!MB_IS_RELEASED(self) && self->ctx != NULL);
     assert(!(self->flags & (MB_PYCALLBACK | MB_SLICE)));
     assert(self->owner != NULL && (self->flags & MB_TRACKED)); /* the exporter is the owner */
+    assert(self->release == membuf_held_export_release);
     self->flags |= MB_HELD_EXPORT;
+}
+
+/* The duty of a held export: end it, free the struct, then call on_release
+ * (raise or unraisable mode, as call_python_release). */
+static int
+end_held_export(membuf_held_export *held, int unraisable, int retrack)
+{
+    PyObject *on_release = held->on_release;
+    PyBuffer_Release(&held->view); /* may run the exporter's Python code */
+    PyMem_Free(held);
+    return on_release != NULL ? call_python_release(on_release, unraisable, retrack) : 0;
+}
+
+void
+membuf_held_export_release(void *ptr, size_t len, void *ctx)
+{
+    (void)ptr;
+    (void)len;
+    (void)end_held_export(ctx, 1, 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -467,6 +494,10 @@ do_duty(release_duty *duty, int unraisable)
         else if (duty->flags & MB_PYCALLBACK) {
             rc = call_python_release((PyObject *)duty->ctx, unraisable,
                                      (duty->flags & MB_UNTRACKED_CALLABLE) != 0);
+        }
+        else if (duty->flags & MB_HELD_EXPORT) {
+            rc = end_held_export(duty->ctx, unraisable,
+                                 (duty->flags & MB_UNTRACKED_CALLABLE) != 0);
         }
         else if (duty->release != NULL) {
             duty->release(duty->mem, duty->mem_len, duty->ctx);
@@ -647,7 +678,9 @@ membuf_traverse(MemBufObject *self, visitproc visit, void *arg)
         Py_VISIT((PyObject *)self->ctx);
     }
     else if ((self->flags & MB_HELD_EXPORT) && self->ctx != NULL) {
-        Py_VISIT(((Py_buffer *)self->ctx)->obj); /* the export's own reference */
+        membuf_held_export *held = self->ctx;
+        Py_VISIT(held->view.obj); /* the export's own reference */
+        Py_VISIT(held->on_release);
     }
     return 0;
 }
@@ -676,8 +709,15 @@ membuf_finalize(MemBufObject *self)
          * called).  Untracking the callable keeps the GC from clearing it;
          * it is tracked again just before we drop it (call_python_release). */
         self->flags |= MB_PENDING | MB_GC_DEFERRED;
-        if ((self->flags & MB_PYCALLBACK) && PyObject_GC_IsTracked((PyObject *)self->ctx)) {
-            PyObject_GC_UnTrack(self->ctx);
+        PyObject *callable = NULL;
+        if (self->flags & MB_PYCALLBACK) {
+            callable = self->ctx;
+        }
+        else if (self->flags & MB_HELD_EXPORT) {
+            callable = ((membuf_held_export *)self->ctx)->on_release;
+        }
+        if (callable != NULL && PyObject_GC_IsTracked(callable)) {
+            PyObject_GC_UnTrack(callable);
             self->flags |= MB_UNTRACKED_CALLABLE;
         }
     }

@@ -13,7 +13,8 @@
  *
  * _rebuild wraps the memory of whatever it receives without copying, holding
  * an export of it (so a bytearray cannot be resized under the Buffer) until
- * the new Buffer is released, and keeping the object itself as the owner.
+ * the new Buffer is released, and keeping the object itself as the owner:
+ * from_buffer(data, format=format, shape=shape) (constructors.c).
  * The new Buffer is writable only if the original was and the received
  * memory is (NumPy's rule: an out-of-band buffer handed back read-only stays
  * read-only; in-band pickles of writable Buffers carry a bytearray).
@@ -107,23 +108,6 @@ done:
 /* _rebuild                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* ctx of a rebuilt Buffer (MB_HELD_EXPORT): an export of the object pickle
- * handed us.  The export keeps its own reference to view.obj (which for a
- * PickleBuffer is the object it wraps, not the PickleBuffer), and the
- * Buffer's tp_traverse visits it: a cycle through it is collected. */
-typedef Py_buffer received_export;
-
-/* The release callback of a rebuilt Buffer: ends the export (GIL held). */
-static void
-release_received(void *ptr, size_t len, void *ctx)
-{
-    (void)ptr;
-    (void)len;
-    received_export *received = ctx;
-    PyBuffer_Release(received);
-    PyMem_Free(received);
-}
-
 /* Shape tuple of a pickle: at most MEMBUF_MAX_NDIM ints (not bools, which
  * no pickler of ours writes).  Negative entries are left to
  * membuf_from_spec, which names them. */
@@ -170,32 +154,14 @@ membuf_rebuild(PyObject *module, PyObject *args)
         return NULL;
     }
     Py_ssize_t shape[MEMBUF_MAX_NDIM];
-    MemBuf_Spec spec = {0};
-    if (parse_shape(shape_obj, shape, &spec.ndim) < 0) {
+    MemBuf_Spec layout = {0};
+    if (parse_shape(shape_obj, shape, &layout.ndim) < 0) {
         return NULL;
     }
-    received_export *view = PyMem_Malloc(sizeof(received_export));
-    if (view == NULL) {
-        return PyErr_NoMemory();
-    }
-    /* PyBUF_SIMPLE: C-contiguous bytes; view->readonly says if we may write. */
-    if (PyObject_GetBuffer(data, view, PyBUF_SIMPLE) < 0) {
-        PyMem_Free(view);
-        return NULL;
-    }
-    spec.ptr = view->buf;
-    spec.len = (size_t)view->len;
-    spec.flags = readonly_obj == Py_False && !view->readonly ? MEMBUF_WRITABLE : 0;
-    spec.format = format;
-    spec.shape = shape; /* never NULL: ndim 0 means one item */
-    spec.release = release_received;
-    spec.ctx = view;
-    spec.owner = data;
-    /* Ownership of the export passes here: on failure (a bad format, a shape
-     * that does not cover exactly len bytes) release_received has ended it. */
-    PyObject *buf = membuf_from_spec(&spec, 0);
-    if (buf != NULL) {
-        membuf_mark_held_export((MemBufObject *)buf);
-    }
-    return buf;
+    layout.format = format;
+    layout.shape = shape; /* never NULL: ndim 0 means one item */
+    /* Writable only if the original was and the received memory is. */
+    return membuf_from_exporter(data, readonly_obj == Py_True ? MB_FORCE_READONLY
+                                                              : MB_FOLLOW_EXPORTER,
+                                &layout, NULL);
 }
