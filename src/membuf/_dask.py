@@ -85,7 +85,10 @@ def register():
     if _registered:
         return
     import membuf
-    from distributed.protocol.serialize import dask_deserialize, dask_serialize
+    from distributed.protocol.serialize import (  # type: ignore[import-not-found,unused-ignore]
+        dask_deserialize,
+        dask_serialize,
+    )
 
     dask_serialize.register(membuf.Buffer)(_serialize)
     dask_deserialize.register(membuf.Buffer)(_deserialize)

@@ -768,7 +768,8 @@ membuf_enter(MemBufObject *self, PyObject *unused)
  * it: the Buffer is released at once if it can be, else the release is
  * deferred to the end of the last export (release(defer=True)); an
  * exception from a Python on_release goes to sys.unraisablehook; and the
- * block's exception propagates unchanged (we return False). */
+ * block's exception propagates unchanged (we return None, as the stubs
+ * say: never true, so it is never swallowed). */
 static PyObject *
 membuf_exit(MemBufObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -786,7 +787,7 @@ membuf_exit(MemBufObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (membuf_release(self, 1) < 0) {
         PyErr_WriteUnraisable((PyObject *)self);
     }
-    Py_RETURN_FALSE;
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -942,8 +943,8 @@ PyMethodDef membuf_methods[] = {
      "End of the with block.  Without an exception: a strict release(), which\n"
      "raises BufferError (and leaves the Buffer unreleased) while a view is alive.\n"
      "With an exception: release(defer=True) -- at once if no view is alive, else\n"
-     "when the last one ends -- and the exception propagates unchanged (returns\n"
-     "False); an exception from on_release then goes to sys.unraisablehook."},
+     "when the last one ends -- and the exception propagates unchanged; an\n"
+     "exception from on_release then goes to sys.unraisablehook.  Returns None."},
     {"__reduce_ex__", (PyCFunction)membuf_reduce_ex, METH_O,
      "__reduce_ex__($self, protocol, /)\n--\n\n"
      "Pickle support: protocol 5 hands the memory out-of-band as a PickleBuffer."},
