@@ -74,9 +74,12 @@ run_313t() {
     "$cache/py313t/bin/python3.13t" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     # The test extras but cffi (it refuses free-threaded CPython); numpy and
-    # hypothesis as wheels (hypothesis's sdist needs Rust).
+    # hypothesis as wheels (hypothesis's sdist needs Rust); mypy 1.15, the
+    # newest without compiled dependencies that need Rust here (ast-serialize,
+    # librt); pytest-run-parallel for the run of every test in 4 threads.
     "$venv/bin/python" -m pip install --quiet --only-binary=numpy,hypothesis \
-        "pytest>=7" "setuptools>=70.1" "numpy>=1.24" "hypothesis>=6.80" "Cython>=3.1"
+        "pytest>=7" "setuptools>=70.1" "numpy>=1.24" "hypothesis>=6.80" "Cython>=3.1" \
+        "mypy==1.15.0" "pytest-run-parallel>=0.10"
     "$venv/bin/python" -m pip install --quiet --no-deps .
     log "CPython 3.13t: importing membuf keeps the GIL off"
     (cd /tmp && env -u PYTHON_GIL "$venv/bin/python" -W error::RuntimeWarning -c \

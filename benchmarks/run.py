@@ -436,6 +436,9 @@ def section_py_wrap(cfg, mods, missing, log, addr, n):
         py_measure("membuf_on_release", "membuf.from_address(..., on_release=)",
                    "membuf.from_address(addr, n, on_release=on_release)", glb, cfg,
                    lifetime="calls on_release() once"),
+        py_measure("membuf_typed", "membuf.from_address(addr, format='d', shape=(16, 32))",
+                   "membuf.from_address(addr, format='d', shape=(16, 32))", glb, cfg,
+                   lifetime="typed, checked layout"),
         py_measure("ctypes", "ctypes (c_char * n).from_address",
                    "(ctypes.c_char * n).from_address(addr)", glb, cfg,
                    lifetime="none; writable"),
@@ -474,6 +477,41 @@ def section_py_wrap(cfg, mods, missing, log, addr, n):
                                glb, cfg, lifetime="none; writable"))
     else:
         rows.append(Measure("numpy", label, missing=why))
+    run_interleaved(rows, cfg.repeat, log)
+    return rows
+
+
+def section_py_from_buffer(cfg, log, n):
+    """Wrapping an existing exporter (bytes of n bytes) while holding its export."""
+    import membuf
+
+    glb = {"membuf": membuf, "data": bytes(n)}
+    rows = [
+        py_measure("membuf", "membuf.from_buffer(bytes)", "membuf.from_buffer(data)", glb, cfg,
+                   lifetime="holds one export until released"),
+        py_measure("memoryview", "memoryview(bytes)", "memoryview(data)", glb, cfg,
+                   lifetime="holds one export"),
+    ]
+    why = peer_missing("pyarrow")
+    label = "pyarrow.py_buffer(bytes)"
+    if why is None:
+        import pyarrow
+
+        glb["pa"] = pyarrow
+        rows.append(py_measure("pyarrow", label, "pa.py_buffer(data)", glb, cfg,
+                               lifetime="holds one export"))
+    else:
+        rows.append(Measure("pyarrow", label, missing=why))
+    why = peer_missing("cffi")
+    label = "cffi ffi.from_buffer(bytes)"
+    if why is None:
+        import cffi
+
+        glb["ffi"] = cffi.FFI()
+        rows.append(py_measure("cffi", label, "ffi.from_buffer(data)", glb, cfg,
+                               lifetime="holds one export"))
+    else:
+        rows.append(Measure("cffi", label, missing=why))
     run_interleaved(rows, cfg.repeat, log)
     return rows
 
@@ -775,8 +813,20 @@ def compute_targets(res):
     rows_target("Export cycle (PyBUF_SIMPLE) membuf / bytes", res["c_export_simple"], "bytes",
                 1.5, "GetBuffer + Release, C loop")
     pw = res["py_wrap"]
-    rows_target("membuf.from_address / ctypes (c_char * n).from_address", pw, "ctypes", 0.5,
+    rows_target("membuf.from_address / ctypes (c_char * n).from_address", pw, "ctypes", 0.3,
                 "timeit")
+    plain = _med(pw, "membuf")
+    for key, label, limit in [("membuf_owner", "from_address(a, n, owner=o) / from_address(a, n)",
+                               1.3),
+                              ("membuf_on_release",
+                               "from_address(a, n, on_release=f) / from_address(a, n)", 1.6)]:
+        add(label, ratio(_med(pw, key), plain), limit, "timeit",
+            of_minima=ratio(_min(pw, key), _min(pw, "membuf")))
+    fb = res["py_from_buffer"]
+    rows_target("membuf.from_buffer(bytes) / pa.py_buffer(bytes)", fb, "pyarrow", 1.0, "timeit")
+    fb_ns, mv_ns = _med(fb, "membuf"), _med(fb, "memoryview")
+    add("membuf.from_buffer(bytes) - memoryview(bytes) (ns)",
+        None if fb_ns is None or mv_ns is None else fb_ns - mv_ns, 30.0, "timeit, medians")
     others = {k: _med(pw, k) for k in ("ctypes", "ctypes_memoryview", "cffi", "pyarrow", "numpy")}
     present = {k: v for k, v in others.items() if v is not None}
     fastest = min(present, key=present.get) if present else None
@@ -896,6 +946,11 @@ def render_markdown(info, res, targets, cfg):
     L.append(f"## Python level: wrap an address, {res['py_wrap_size']} bytes (ns per call, timeit)")
     L.append("")
     L += rows_table(res["py_wrap"], "ns/call")
+    L.append("")
+    L.append(f"## Python level: wrap an exporter, bytes of {res['py_wrap_size']} bytes "
+             "(ns per call, timeit)")
+    L.append("")
+    L += rows_table(res["py_from_buffer"], "ns/call")
     L.append("")
     L.append(f"## Memory per live object ({cfg.mem_objects:,} objects)")
     L.append("")
@@ -1058,6 +1113,8 @@ def main(argv=None):
         log("Python level: wrap an address")
         res["py_wrap_size"] = 4096
         res["py_wrap"] = section_py_wrap(cfg, mods, missing, log, addr, 4096)
+        log("Python level: wrap an exporter")
+        res["py_from_buffer"] = section_py_from_buffer(cfg, log, 4096)
         log(f"memory per live object ({cfg.mem_objects} objects, child process)")
         res["memory"] = section_memory(cfg, mods, missing, build_dir, log)
 

@@ -477,13 +477,19 @@ def test_signatures_match_behaviour():
     assert buf.released
 
 
-@pytest.mark.parametrize("func", [membuf.from_address, membuf.address_of])
+@pytest.mark.parametrize("func", [membuf.from_address, membuf.from_buffer, membuf.address_of])
 def test_module_function_signatures(func):
     sig = inspect.signature(func)
     assert func.__text_signature__ is not None and func.__doc__
     if func is membuf.from_address:
-        assert list(sig.parameters) == ["address", "size", "readonly", "owner", "on_release"]
+        assert list(sig.parameters) == ["address", "size", "format", "shape", "strides",
+                                        "readonly", "owner", "on_release"]
         assert sig.parameters["readonly"].default is True
+    elif func is membuf.from_buffer:
+        assert list(sig.parameters) == ["obj", "readonly", "format", "shape", "strides",
+                                        "on_release"]
+        assert sig.parameters["obj"].kind is inspect.Parameter.POSITIONAL_ONLY
+        assert sig.parameters["readonly"].default is None
     else:
         assert list(sig.parameters) == ["obj"]
 

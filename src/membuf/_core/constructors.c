@@ -55,6 +55,7 @@ typedef struct {
     int nrequired;      /* how many of the first ones are required */
     int nparams;
     const int *params;  /* MB_KW_* of each parameter, in order; -1: positional-only */
+    signed char slot_of[MB_KW_COUNT]; /* MB_KW_* -> index in params, -1: not a keyword here */
 } signature;
 
 /* Vectorcall arguments into values[] (NULL: not given).  -1 with TypeError
@@ -83,22 +84,19 @@ parse_args(PyObject *module, const signature *sig, PyObject *const *args, Py_ssi
     }
     Py_ssize_t nkw = kwnames != NULL ? MB_TUPLE_SIZE(kwnames) : 0;
     if (nkw > 0) {
-        membuf_module_state *state = PyModule_GetState(module);
+        PyObject *const *kw = ((membuf_module_state *)PyModule_GetState(module))->kw;
         for (Py_ssize_t k = 0; k < nkw; k++) {
             PyObject *name = MB_TUPLE_ITEM(kwnames, k);
-            int slot = -1;
-            for (int i = 0; i < sig->nparams; i++) {
-                if (sig->params[i] >= 0 && name == state->kw[sig->params[i]]) {
-                    slot = i;
-                    break;
+            int id = 0;
+            while (id < MB_KW_COUNT && name != kw[id]) {
+                id++;
+            }
+            for (int i = 0; id == MB_KW_COUNT && i < MB_KW_COUNT; i++) {
+                if (PyUnicode_Compare(name, kw[i]) == 0) { /* a name not interned */
+                    id = i;
                 }
             }
-            for (int i = 0; slot < 0 && i < sig->nparams; i++) {
-                if (sig->params[i] >= 0 &&
-                    PyUnicode_Compare(name, state->kw[sig->params[i]]) == 0) {
-                    slot = i;
-                }
-            }
+            int slot = id < MB_KW_COUNT ? sig->slot_of[id] : -1;
             if (slot < 0) {
                 PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'",
                              sig->name, name);
@@ -106,7 +104,7 @@ parse_args(PyObject *module, const signature *sig, PyObject *const *args, Py_ssi
             }
             if (values[slot] != NULL) {
                 PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
-                             sig->name, kw_text[sig->params[slot]]);
+                             sig->name, kw_text[id]);
                 return -1;
             }
             values[slot] = args[nargs + k];
@@ -381,7 +379,10 @@ static const int from_address_params[FA_COUNT] = {
     MB_KW_ADDRESS, MB_KW_SIZE,     MB_KW_FORMAT, MB_KW_SHAPE,
     MB_KW_STRIDES, MB_KW_READONLY, MB_KW_OWNER,  MB_KW_ON_RELEASE,
 };
-static const signature from_address_sig = {"from_address", 2, 1, FA_COUNT, from_address_params};
+static const signature from_address_sig = {
+    "from_address", 2, 1, FA_COUNT, from_address_params,
+    {FA_ADDRESS, FA_SIZE, FA_FORMAT, FA_SHAPE, FA_STRIDES, FA_READONLY, FA_OWNER, FA_ON_RELEASE},
+};
 
 PyObject *
 membuf_py_from_address(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
@@ -405,6 +406,26 @@ membuf_py_from_address(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     unsigned long long address = 0, size = 0;
     int readonly = MB_FORCE_READONLY;
     layout_args layout;
+
+    /* The short path: plain bytes at an int address with an int size. */
+    if (PyLong_CheckExact(address_obj) && size_obj != NULL && PyLong_CheckExact(size_obj) &&
+        (format_obj == NULL || format_obj == Py_None) &&
+        (shape_obj == NULL || shape_obj == Py_None) &&
+        (v[FA_STRIDES] == NULL || v[FA_STRIDES] == Py_None) &&
+        (v[FA_READONLY] == NULL || PyBool_Check(v[FA_READONLY]))) {
+        address = PyLong_AsUnsignedLongLong(address_obj);
+        Py_ssize_t length = PyLong_AsSsize_t(size_obj);
+        if (PyErr_Occurred()) {
+            PyErr_Clear(); /* negative or too large: the general path says which */
+        }
+        else if (length >= 0 && address <= UINTPTR_MAX &&
+                 (unsigned long long)length <= UINTPTR_MAX - address &&
+                 (address != 0 || length == 0)) {
+            int flags = v[FA_READONLY] == Py_False ? MEMBUF_WRITABLE : 0;
+            return membuf_new_plain((const void *)(uintptr_t)address, (size_t)length, flags,
+                                    owner, on_release);
+        }
+    }
 
     if (!PyLong_CheckExact(address_obj) && (!PyIndex_Check(address_obj) ||
                                             PyBool_Check(address_obj))) {
@@ -642,7 +663,10 @@ enum { FB_OBJ, FB_READONLY, FB_FORMAT, FB_SHAPE, FB_STRIDES, FB_ON_RELEASE, FB_C
 static const int from_buffer_params[FB_COUNT] = {
     -1, MB_KW_READONLY, MB_KW_FORMAT, MB_KW_SHAPE, MB_KW_STRIDES, MB_KW_ON_RELEASE,
 };
-static const signature from_buffer_sig = {"from_buffer", 1, 1, FB_COUNT, from_buffer_params};
+static const signature from_buffer_sig = {
+    "from_buffer", 1, 1, FB_COUNT, from_buffer_params,
+    {-1, -1, FB_FORMAT, FB_SHAPE, FB_STRIDES, FB_READONLY, -1, FB_ON_RELEASE},
+};
 
 PyObject *
 membuf_py_from_buffer(PyObject *module, PyObject *const *args, Py_ssize_t nargs,

@@ -243,6 +243,13 @@ PyObject *membuf_from_spec(const MemBuf_Spec *spec, int pycallback);
 PyObject *membuf_from_memory(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc release,
                              void *ctx);
 
+/* from_address()'s short path: a plain byte Buffer over checked ptr/len
+ * (ptr NULL only with len 0; flags public), with an owner (borrowed, a new
+ * reference is taken; may be NULL) and a Python on_release (stolen; may be
+ * NULL: on failure it has been called). */
+PyObject *membuf_new_plain(const void *ptr, size_t len, int flags, PyObject *owner,
+                           PyObject *callable);
+
 /* Give back the memory of the free list of Buffer objects (module teardown). */
 void membuf_clear_freelist(void);
 

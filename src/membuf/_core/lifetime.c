@@ -211,6 +211,36 @@ membuf_from_memory(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc re
 }
 
 PyObject *
+membuf_new_plain(const void *ptr, size_t len, int flags, PyObject *owner, PyObject *callable)
+{
+    assert(!(flags & ~MB_PUBLIC_CREATION_FLAGS) && len <= (size_t)PY_SSIZE_T_MAX);
+    assert(ptr != NULL || len == 0);
+    MemBufObject *self = alloc_compact();
+    if (self == NULL) {
+        if (callable != NULL) {
+            (void)call_python_release(callable, 1, 0);
+        }
+        return NULL;
+    }
+    self->buf = ptr != NULL ? (char *)ptr : membuf_empty;
+    self->nbytes = (Py_ssize_t)len;
+    self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT | flags;
+    self->mem = (void *)ptr;
+    self->mem_len = len;
+    self->release = NULL;
+    self->ctx = callable;
+    self->owner = Py_XNewRef(owner);
+    if (callable != NULL) {
+        self->flags |= MB_PYCALLBACK;
+    }
+    if (owner != NULL || callable != NULL) {
+        self->flags |= MB_TRACKED;
+        PyObject_GC_Track(self);
+    }
+    return (PyObject *)self;
+}
+
+PyObject *
 membuf_from_spec(const MemBuf_Spec *spec, int pycallback)
 {
     return membuf_from_spec_at(spec, pycallback, 0);
@@ -533,6 +563,30 @@ release_now(MemBufObject *self, int unraisable)
             release(self->mem, self->mem_len, ctx);
         }
         return 0;
+    }
+    if (!(flags & (MB_SLICE | MB_HELD_EXPORT))) {
+        /* take_duty() and do_duty() of a Buffer that lets no parent go: a C
+         * callback or a Python on_release, then the owner, in that order,
+         * with the Buffer marked released before either runs. */
+        assert(!MB_IS_RELEASED(self) && self->exports == 0);
+        MB_ASSERT_FIELDS(self);
+        MemBuf_ReleaseFunc release = self->release;
+        void *ctx = self->ctx;
+        PyObject *owner = self->owner;
+        self->flags = (flags | MB_RELEASED) &
+                      ~(MB_PENDING | MB_GC_DEFERRED | MB_UNTRACKED_CALLABLE | MB_HELD_EXPORT);
+        self->release = NULL;
+        self->ctx = NULL;
+        self->owner = NULL;
+        int rc = 0;
+        if (flags & MB_PYCALLBACK) {
+            rc = call_python_release(ctx, unraisable, (flags & MB_UNTRACKED_CALLABLE) != 0);
+        }
+        else if (release != NULL) {
+            release(self->mem, self->mem_len, ctx);
+        }
+        Py_XDECREF(owner); /* may run any code: the Buffer is released already */
+        return rc;
     }
     release_duty duty;
     take_duty(self, &duty);
