@@ -87,6 +87,15 @@ run_313t() {
     log "CPython 3.13t: the threads stress test and the thread tests, GIL off (asserted)"
     (cd "$ROOT" && env -u PYTHON_GIL MEMBUF_REQUIRE_NO_GIL=1 "$venv/bin/python" -m pytest -q \
         -p no:cacheprovider -W error::RuntimeWarning tests/test_stress_threads.py tests/test_threads.py)
+    log "CPython 3.13t: the core tests under pytest-run-parallel, each test in 4 threads at once, GIL off"
+    # Tests whose state is per test rather than per thread run on one thread,
+    # each with its reason (tests/conftest.py: THREAD_UNSAFE_*).
+    (cd "$ROOT" && env -u PYTHON_GIL "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+        -W error::RuntimeWarning --parallel-threads=4 \
+        tests/test_lifetime.py tests/test_python_api.py tests/test_constructors.py \
+        tests/test_messages.py tests/test_pickle.py tests/test_dlpack.py tests/test_consumers.py \
+        tests/test_regressions.py tests/test_reentrancy.py tests/test_capi.py \
+        tests/test_gc_visibility.py --deselect tests/test_capi.py::TestAllocationFailures)
     log "CPython 3.13t: the whole suite (Hypothesis tests at 50 examples each)"
     (cd "$ROOT" && env -u PYTHON_GIL MEMBUF_HYPOTHESIS_EXAMPLES=50 "$venv/bin/python" -m pytest -q \
         -p no:cacheprovider --deselect tests/test_capi.py::TestAllocationFailures \
