@@ -14,7 +14,8 @@ Checked: every release callback runs exactly once (its count, under a lock);
 no read through a live view ever sees memory after its callback ran (the
 callback poisons the memory first); `exports` is never negative and is 0
 once everything is dropped.  MEMBUF_STRESS_ITERATIONS sets the work per
-thread (CI runs the default; a long soak: 10**6 or more);
+thread and round (CI runs the default); MEMBUF_STRESS_SECONDS repeats
+rounds for that long (a soak: 600 or more);
 MEMBUF_REQUIRE_NO_GIL=1 asserts that the threads really run at once
 (free-threaded CPython with the GIL off, as CI's 3.13t job runs it).
 """
@@ -27,6 +28,7 @@ import random
 import sys
 import sysconfig
 import threading
+import time
 
 import pytest
 
@@ -113,21 +115,15 @@ def worker(slots, seed, violations, barrier):
         del buf, memory
 
 
-@pytest.mark.parametrize("round_", range(2))
-def test_threads_share_buffers(round_):
+def one_round(seed):
+    """Eight threads over fresh slots; every promise checked at the end."""
     Memory.all.clear()
     firsts = [Memory(j) for j in range(SLOTS)]
     slots = [(m.buffer(), m) for m in firsts]
     violations = []
     barrier = threading.Barrier(THREADS)
-    threads = [threading.Thread(target=worker, args=(slots, round_ * 1000 + t, violations, barrier))
+    threads = [threading.Thread(target=worker, args=(slots, seed * 1000 + t, violations, barrier))
                for t in range(THREADS)]
-    if os.environ.get("MEMBUF_REQUIRE_NO_GIL") == "1":
-        # CI's free-threaded job: these threads must really run at once.  (In
-        # a whole-suite run a module that does not declare free-threading
-        # support, such as the examples, may have turned the GIL back on.)
-        assert sysconfig.get_config_var("Py_GIL_DISABLED"), "not a free-threaded build"
-        assert not sys._is_gil_enabled(), "the GIL is on: these threads would not run at once"
     for t in threads:
         t.start()
     for t in threads:
@@ -141,3 +137,32 @@ def test_threads_share_buffers(round_):
     assert counts and all(c == 1 for c in counts), (
         f"{sum(c != 1 for c in counts)} of {len(counts)} callbacks did not run exactly once: "
         f"{sorted(set(counts))}")
+    return len(counts)
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_threads_share_buffers(round_):
+    """One round each (CI); MEMBUF_STRESS_SECONDS=600 repeats rounds, each
+    with fresh memory and checked in full, until that much time has passed
+    (the soak: a long run with bounded memory)."""
+    if os.environ.get("MEMBUF_REQUIRE_NO_GIL") == "1":
+        # CI's free-threaded job: these threads must really run at once.  (In
+        # a whole-suite run a module that does not declare free-threading
+        # support, such as the examples, may have turned the GIL back on.)
+        assert sysconfig.get_config_var("Py_GIL_DISABLED"), "not a free-threaded build"
+        assert not sys._is_gil_enabled(), "the GIL is on: these threads would not run at once"
+    seconds = float(os.environ.get("MEMBUF_STRESS_SECONDS", "0"))
+    start = time.monotonic()
+    rounds = callbacks = 0
+    while True:
+        callbacks += one_round(round_ * 100003 + rounds)
+        rounds += 1
+        if time.monotonic() - start >= seconds:
+            break
+    if seconds:
+        print(f"\nsoak: {rounds} rounds, {callbacks} callbacks exactly once, "
+              f"{time.monotonic() - start:.0f} s, GIL {'on' if _gil_on() else 'off'}")
+
+
+def _gil_on():
+    return getattr(sys, "_is_gil_enabled", lambda: True)()
