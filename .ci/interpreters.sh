@@ -22,7 +22,12 @@
 #          apt-get, using a private apt configuration under CACHE/apt-trixie
 #          (the host's own apt sources and lists are not touched).
 #
-# Usage:  bash .ci/interpreters.sh [314|313t|all]        (default: all)
+#   3.14t  The same build from Debian sid's python3.14 source package.  Today
+#          sid lists it but its files answer 404: the script says so and exits
+#          3, and .ci/matrix.sh prints that and goes on; the day the files are
+#          served, the same code builds 3.14t and the matrix runs it.
+#
+# Usage:  bash .ci/interpreters.sh [314|313t|314t|all]   (default: all; 314t on request)
 #         must run as root (debootstrap, chroot, mount, apt-get).
 # Env:    MEMBUF_INTERP_CACHE  cache folder (default /var/cache/membuf-interpreters)
 #         MEMBUF_CHROOT_BINDS  host folders bind-mounted into the sid chroot
@@ -59,9 +64,9 @@ export DEBIAN_FRONTEND=noninteractive
 step() { printf '== %s\n' "$*"; }
 die()  { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
-usage() { echo "usage: $0 [314|313t|all]" >&2; exit 2; }
+usage() { echo "usage: $0 [314|313t|314t|all]" >&2; exit 2; }
 TARGET=${1:-all}
-case $TARGET in 314|313t|all) ;; *) usage ;; esac
+case $TARGET in 314|313t|314t|all) ;; *) usage ;; esac
 [ $# -le 1 ] || usage
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot, mount, apt-get)"
 
@@ -266,68 +271,95 @@ provision_314() {
     step "3.14: provisioned in $((SECONDS - start)) s"
 }
 
-# ------------------------------------------------- 3.13t built from source --
+# ------------------------------------- 3.13t (and 3.14t) built from source --
 
-APT_TRIXIE=$CACHE/apt-trixie
-# trixie_apt ARGS...: the host's apt-get with a private deb-src list for trixie
-trixie_apt() {
-    apt-get -o Dir::Etc::SourceList="$APT_TRIXIE/sources.list" \
-            -o Dir::Etc::SourceParts="$APT_TRIXIE/sources.list.d" \
-            -o Dir::State::Lists="$APT_TRIXIE/lists" \
-            -o Dir::Cache="$APT_TRIXIE/cache" \
+# Free-threaded builds: VERSION (3.13, 3.14) from the upstream tarball of
+# Debian SUITE's pythonVERSION source package, installed at CACHE/pyVVt.
+ft_apt() {  # $1: the private apt folder; the rest: apt-get arguments
+    local dir=$1
+    shift
+    apt-get -o Dir::Etc::SourceList="$dir/sources.list" \
+            -o Dir::Etc::SourceParts="$dir/sources.list.d" \
+            -o Dir::State::Lists="$dir/lists" \
+            -o Dir::Cache="$dir/cache" \
+            -o Acquire::Check-Valid-Until=false \
             "$@"
 }
 
-py313t_check() {
-    "$PY313T/bin/python3.13t" -c '
+ft_apt_cache() {  # the same private configuration, for apt-cache
+    local dir=$1
+    shift
+    apt-cache -o Dir::Etc::SourceList="$dir/sources.list" \
+              -o Dir::Etc::SourceParts="$dir/sources.list.d" \
+              -o Dir::State::Lists="$dir/lists" \
+              -o Dir::Cache="$dir/cache" \
+              "$@"
+}
+
+ft_check() {  # $1: the interpreter
+    "$1" -c '
 import sys, sysconfig, ssl, ctypes, zlib, bz2, lzma, sqlite3
 assert sysconfig.get_config_var("Py_GIL_DISABLED") == 1, "not a free-threaded build"
 assert not sys._is_gil_enabled(), "the GIL is enabled"
 '
 }
 
-provision_313t() {
-    local start=$SECONDS
-    step "3.13t: look for a working cached build at $PY313T"
-    if [ -f "$PY313T/.membuf-ready" ] && [ -x "$PY313T/bin/python3.13t" ] && py313t_check; then
-        step "3.13t: reused the cached build at $PY313T ($(cat "$PY313T/.membuf-ready"))"
+# provision_ft VERSION SUITE: returns 0 when CACHE/pyVVt works; 3 (after
+# saying why) when SUITE serves no pythonVERSION source to build from.
+provision_ft() {
+    local ver=$1 suite=$2 start=$SECONDS
+    local tag=${ver}t short=${ver/./}
+    local prefix=$CACHE/py${short}t apt_dir=$CACHE/apt-$suite
+    local exe=$prefix/bin/python${ver}t
+    step "$tag: look for a working cached build at $prefix"
+    if [ -f "$prefix/.membuf-ready" ] && [ -x "$exe" ] && ft_check "$exe"; then
+        step "$tag: reused the cached build at $prefix ($(cat "$prefix/.membuf-ready"))"
         return 0
     fi
     echo "no working cached build: building it"
 
-    step "3.13t: host build dependencies"
-    host_install "${BUILD_DEPS[@]}"
-
-    step "3.13t: fetch Debian trixie's python3.13 source package (private apt config in $APT_TRIXIE)"
-    mkdir -p "$APT_TRIXIE/sources.list.d" "$APT_TRIXIE/lists/partial" \
-             "$APT_TRIXIE/cache/archives/partial" "$CACHE/src"
-    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR trixie main" \
-        >"$APT_TRIXIE/sources.list"
-    trixie_apt update
+    step "$tag: fetch Debian $suite's python$ver source package (private apt config in $apt_dir)"
+    mkdir -p "$apt_dir/sources.list.d" "$apt_dir/lists/partial" \
+             "$apt_dir/cache/archives/partial" "$CACHE/src"
+    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR $suite main" \
+        >"$apt_dir/sources.list"
+    ft_apt "$apt_dir" update
     local orig
-    orig=$(find "$CACHE/src" -maxdepth 1 -name 'python3.13_*.orig.tar.xz' | sort | tail -n 1)
+    orig=$(find "$CACHE/src" -maxdepth 1 -name "python${ver}_*.orig.tar.xz" | sort | tail -n 1)
     if [ -n "$orig" ]; then
         echo "already downloaded: $orig"
     else
-        # apt-get source verifies the files against trixie's signed Sources index
-        (
-            cd "$CACHE/src"
-            trixie_apt source --download-only python3.13
-        )
-        orig=$(find "$CACHE/src" -maxdepth 1 -name 'python3.13_*.orig.tar.xz' | sort | tail -n 1)
-        [ -n "$orig" ] || die "apt-get source left no python3.13_*.orig.tar.xz in $CACHE/src"
+        if ! ft_apt_cache "$apt_dir" showsrc "python$ver" 2>/dev/null |
+                grep -q "^Package: python$ver\$"; then
+            echo "$tag: not obtainable here: Debian $suite serves no python$ver source package" \
+                 "(and there is no free-threaded binary to install)"
+            return 3
+        fi
+        # apt-get source verifies the files against the suite's signed Sources index
+        if ! (cd "$CACHE/src" && ft_apt "$apt_dir" source --download-only "python$ver"); then
+            # Seen for sid's python3.14: listed in the Sources index, but the
+            # archive answers 404 for its files.
+            echo "$tag: not obtainable here: Debian $suite lists python$ver but its source" \
+                 "files cannot be downloaded (see apt-get's errors above)"
+            return 3
+        fi
+        orig=$(find "$CACHE/src" -maxdepth 1 -name "python${ver}_*.orig.tar.xz" | sort | tail -n 1)
+        [ -n "$orig" ] || die "apt-get source left no python${ver}_*.orig.tar.xz in $CACHE/src"
     fi
     echo "source: $orig"
 
-    step "3.13t: unpack into $CACHE/build"
+    step "$tag: host build dependencies"
+    host_install "${BUILD_DEPS[@]}"
+
+    step "$tag: unpack into $CACHE/build"
     safe_rmtree "$CACHE/build"
     mkdir -p "$CACHE/build"
     tar -xf "$orig" -C "$CACHE/build" --strip-components=1
 
     local log=$CACHE/build/membuf-build.log
-    step "3.13t: ./configure --disable-gil --prefix=$PY313T --with-ensurepip=install (log: $log)"
+    step "$tag: ./configure --disable-gil --prefix=$prefix --with-ensurepip=install (log: $log)"
     cd "$CACHE/build"
-    if ! ./configure --disable-gil --prefix="$PY313T" --with-ensurepip=install >"$log" 2>&1; then
+    if ! ./configure --disable-gil --prefix="$prefix" --with-ensurepip=install >"$log" 2>&1; then
         tail -n 60 "$log"
         die "configure failed (log: $log)"
     fi
@@ -335,7 +367,7 @@ provision_313t() {
     grep -E 'checking for stdlib extension module .*[.][.][.] (missing|disabled|n/a)' "$log" \
         || echo "  (none)"
 
-    step "3.13t: make -j$(nproc) (several minutes)"
+    step "$tag: make -j$(nproc) (several minutes)"
     if ! make -j"$(nproc)" >>"$log" 2>&1; then
         tail -n 80 "$log"
         die "make failed (log: $log)"
@@ -344,39 +376,46 @@ provision_313t() {
     sed -n '/necessary bits to build these optional modules were not found/,/^$/p;
             /Failed to build these modules/,/^$/p' "$log"
 
-    step "3.13t: make install into $PY313T"
-    safe_rmtree "$PY313T"
+    step "$tag: make install into $prefix"
+    safe_rmtree "$prefix"
     if ! make install >>"$log" 2>&1; then
         tail -n 60 "$log"
         die "make install failed (log: $log)"
     fi
     cd /
 
-    step "3.13t: check: free-threaded, GIL off, ssl ctypes zlib bz2 lzma sqlite3 import"
-    py313t_check
-    "$PY313T/bin/python3.13t" -m pip --version
-    basename "$orig" >"$PY313T/.membuf-ready"
+    step "$tag: check: free-threaded, GIL off, ssl ctypes zlib bz2 lzma sqlite3 import"
+    ft_check "$exe"
+    "$exe" -m pip --version
+    basename "$orig" >"$prefix/.membuf-ready"
 
-    step "3.13t: remove the build tree (the source tarball stays in $CACHE/src)"
+    step "$tag: remove the build tree (the source tarball stays in $CACHE/src)"
     safe_rmtree "$CACHE/build"
-    step "3.13t: built in $((SECONDS - start)) s"
+    step "$tag: built in $((SECONDS - start)) s"
 }
+
+provision_313t() { provision_ft 3.13 trixie; }
 
 # ------------------------------------------------------------------- main --
 
 case $TARGET in
     314)  provision_314 ;;
     313t) provision_313t ;;
+    314t) # exit 3: not obtainable here (said why above); .ci/matrix.sh prints it and goes on
+          rc=0; provision_ft 3.14 sid || rc=$?; [ "$rc" = 0 ] || exit "$rc" ;;
     all)  provision_314; provision_313t ;;
 esac
 
 step "interpreters"
-if [ "$TARGET" != 313t ]; then
+if [ "$TARGET" = 314 ] || [ "$TARGET" = all ]; then
     "$BIN/in-sid" --mount-only
     echo "3.14:  $BIN/python3.14 (runs in the chroot $SID; in-sid: $BIN/in-sid)"
     sid_run /usr/bin/python3.14 -c 'import sys; print("       sys.version =", sys.version)'
 fi
-if [ "$TARGET" != 314 ]; then
+if [ "$TARGET" = 314t ]; then
+    echo "3.14t: $CACHE/py314t/bin/python3.14t"
+fi
+if [ "$TARGET" = 313t ] || [ "$TARGET" = all ]; then
     echo "3.13t: $PY313T/bin/python3.13t"
     "$PY313T/bin/python3.13t" -c '
 import sys, sysconfig
