@@ -195,6 +195,18 @@ on_release_arg(PyObject *obj, PyObject **out)
     return 0;
 }
 
+/* A constructor failed after it took on_release (a new reference, or NULL):
+ * call it once, as contract 3 says, keeping the constructor's exception. */
+static void
+give_back(PyObject *on_release)
+{
+    if (on_release != NULL) {
+        MemBuf_Spec unwrapped = {0};
+        unwrapped.ctx = on_release;
+        membuf_release_unwrapped(&unwrapped, 1);
+    }
+}
+
 /* format=: a str without NUL, or None (*out stays NULL). */
 static int
 format_arg(PyObject *obj, const char **out)
@@ -512,9 +524,7 @@ membuf_py_from_address(PyObject *module, PyObject *const *args, Py_ssize_t nargs
 
 fail:
     Py_XDECREF(converted);
-    if (on_release != NULL) {
-        membuf_release_unwrapped(&spec, 1); /* only calls the callable */
-    }
+    give_back(on_release);
     return NULL;
 }
 
@@ -651,11 +661,7 @@ fail:
     membuf_held_export_release(NULL, 0, held); /* ends the export, calls on_release */
     return NULL;
 fail_early:
-    if (on_release != NULL) {
-        MemBuf_Spec unwrapped = {0};
-        unwrapped.ctx = on_release;
-        membuf_release_unwrapped(&unwrapped, 1);
-    }
+    give_back(on_release);
     return NULL;
 }
 
@@ -684,11 +690,7 @@ membuf_py_from_buffer(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     layout_args parsed;
     if (readonly_arg(v[FB_READONLY], 1, &readonly) < 0 ||
         parse_layout(v[FB_FORMAT], v[FB_SHAPE], v[FB_STRIDES], &parsed) < 0) {
-        if (on_release != NULL) {
-            MemBuf_Spec unwrapped = {0};
-            unwrapped.ctx = on_release;
-            membuf_release_unwrapped(&unwrapped, 1);
-        }
+        give_back(on_release);
         return NULL;
     }
     if (parsed.format == NULL && parsed.ndim < 0) {

@@ -179,6 +179,21 @@ membuf_release_unwrapped(const MemBuf_Spec *spec, int pycallback)
     }
 }
 
+/* The fields of a compact Buffer over plain bytes (alloc_compact set the
+ * layout fields); the caller sets owner. */
+static inline void
+set_plain(MemBufObject *self, const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc release,
+          void *ctx)
+{
+    self->buf = ptr != NULL ? (char *)ptr : membuf_empty;
+    self->nbytes = (Py_ssize_t)len;
+    self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT | flags;
+    self->mem = (void *)ptr;
+    self->mem_len = len;
+    self->release = release;
+    self->ctx = ctx;
+}
+
 PyObject *
 membuf_from_memory(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc release, void *ctx)
 {
@@ -199,13 +214,7 @@ membuf_from_memory(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc re
         }
         return NULL;
     }
-    self->buf = ptr != NULL ? (char *)ptr : membuf_empty;
-    self->nbytes = (Py_ssize_t)len;
-    self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT | flags;
-    self->mem = (void *)ptr;
-    self->mem_len = len;
-    self->release = release;
-    self->ctx = ctx;
+    set_plain(self, ptr, len, flags, release, ctx);
     self->owner = NULL;
     return (PyObject *)self;
 }
@@ -222,13 +231,7 @@ membuf_new_plain(const void *ptr, size_t len, int flags, PyObject *owner, PyObje
         }
         return NULL;
     }
-    self->buf = ptr != NULL ? (char *)ptr : membuf_empty;
-    self->nbytes = (Py_ssize_t)len;
-    self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT | flags;
-    self->mem = (void *)ptr;
-    self->mem_len = len;
-    self->release = NULL;
-    self->ctx = callable;
+    set_plain(self, ptr, len, flags, NULL, callable);
     self->owner = Py_XNewRef(owner);
     if (callable != NULL) {
         self->flags |= MB_PYCALLBACK;
