@@ -1,5 +1,5 @@
 import ctypes
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, SupportsIndex, final, overload
 
@@ -99,8 +99,8 @@ def from_address(
     size: SupportsIndex | None = None,
     *,
     format: str | None = None,
-    shape: Sequence[SupportsIndex] | None = None,
-    strides: Sequence[SupportsIndex] | None = None,
+    shape: tuple[SupportsIndex, ...] | list[SupportsIndex] | None = None,
+    strides: tuple[SupportsIndex, ...] | list[SupportsIndex] | None = None,
     readonly: bool = True,
     owner: object = None,
     on_release: Callable[[], object] | None = None,
@@ -111,8 +111,8 @@ def from_address(
     size: SupportsIndex | None = None,
     *,
     format: str | None = None,
-    shape: Sequence[SupportsIndex] | None = None,
-    strides: Sequence[SupportsIndex] | None = None,
+    shape: tuple[SupportsIndex, ...] | list[SupportsIndex] | None = None,
+    strides: tuple[SupportsIndex, ...] | list[SupportsIndex] | None = None,
     readonly: bool = True,
     owner: None = None,  # the ctypes/cffi object itself is kept as the owner
     on_release: Callable[[], object] | None = None,
@@ -123,8 +123,8 @@ def from_buffer(
     *,
     readonly: bool | None = None,
     format: str | None = None,
-    shape: Sequence[SupportsIndex] | None = None,
-    strides: Sequence[SupportsIndex] | None = None,
+    shape: tuple[SupportsIndex, ...] | list[SupportsIndex] | None = None,
+    strides: tuple[SupportsIndex, ...] | list[SupportsIndex] | None = None,
     on_release: Callable[[], object] | None = None,
 ) -> Buffer: ...
 def address_of(obj: _BufferLike, /) -> int: ...

@@ -65,11 +65,13 @@ def _from_ctypes(ctypes, obj):
         return (ctypes.cast(obj, ctypes.c_void_p).value or 0, None, None, None)
     if isinstance(obj, ctypes._Pointer):
         address = ctypes.cast(obj, ctypes.c_void_p).value or 0
-        try:
-            with memoryview(obj._type_()) as element:
+        fmt = None  # bytes, unless the element is a simple type with a known code
+        element_type = obj._type_
+        if issubclass(element_type, ctypes._SimpleCData):
+            # An element over scratch memory: no __init__ of a user's class runs.
+            scratch = bytearray(ctypes.sizeof(element_type))
+            with memoryview(element_type.from_buffer(scratch)) as element:
                 fmt = _format_of(element) if element.ndim == 0 else None
-        except TypeError:
-            fmt = None  # an element type without a buffer (a function pointer)
         return (address, None, fmt, None)
     if isinstance(obj, (ctypes.Array, ctypes._SimpleCData, ctypes.Structure, ctypes.Union)):
         # The memory is inside the object: its whole size, its layout.

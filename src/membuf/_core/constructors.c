@@ -425,8 +425,11 @@ membuf_py_from_address(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         (shape_obj == NULL || shape_obj == Py_None) &&
         (v[FA_STRIDES] == NULL || v[FA_STRIDES] == Py_None) &&
         (v[FA_READONLY] == NULL || PyBool_Check(v[FA_READONLY]))) {
+        Py_ssize_t length = -1;
         address = PyLong_AsUnsignedLongLong(address_obj);
-        Py_ssize_t length = PyLong_AsSsize_t(size_obj);
+        if (!PyErr_Occurred()) {
+            length = PyLong_AsSsize_t(size_obj);
+        }
         if (PyErr_Occurred()) {
             PyErr_Clear(); /* negative or too large: the general path says which */
         }
@@ -485,6 +488,25 @@ membuf_py_from_address(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     if (size_obj != NULL && size_obj != Py_None) {
         if (unsigned_arg(size_obj, "size", PY_SSIZE_T_MAX, &size) < 0) {
             goto fail;
+        }
+        PyObject *own_size = converted != NULL ? MB_TUPLE_ITEM(converted, 1) : Py_None;
+        if (own_size != Py_None && size_obj != own_size) {
+            /* A ctypes/cffi object holding its memory: never reach past it. */
+            unsigned long long limit;
+            if (unsigned_arg(own_size, "size", PY_SSIZE_T_MAX, &limit) < 0) {
+                goto fail;
+            }
+            if (size > limit) {
+                PyObject *name = membuf_type_name(owner);
+                if (name != NULL) {
+                    PyErr_Format(PyExc_ValueError,
+                                 "size %llu is larger than the %llu bytes of the %.200U object "
+                                 "given as address",
+                                 size, limit, name);
+                    Py_DECREF(name);
+                }
+                goto fail;
+            }
         }
     }
     else if (layout.ndim >= 0) {
@@ -630,19 +652,27 @@ membuf_from_exporter(PyObject *obj, int readonly_mode, const MemBuf_Spec *layout
                 }
                 strides = c_strides;
             }
-            Py_ssize_t low = 0, high = itemsize, empty = 0;
+            /* The bytes below and above element 0 that the layout reaches,
+             * each kept <= PY_SSIZE_T_MAX: an exporter may claim anything. */
+            Py_ssize_t below = 0, above = itemsize, empty = 0;
             for (int i = 0; i < view->ndim; i++) {
                 empty |= view->shape[i] == 0;
             }
             for (int i = 0; i < view->ndim && !empty; i++) {
-                Py_ssize_t reach = (view->shape[i] - 1) * strides[i]; /* the exporter's own */
-                if (reach < 0) {
-                    low += reach;
+                Py_ssize_t n = view->shape[i], stride = strides[i];
+                if (n < 0 || stride == PY_SSIZE_T_MIN) {
+                    goto bad_layout;
                 }
-                else {
-                    high += reach;
+                Py_ssize_t step = stride < 0 ? -stride : stride;
+                if (n > 1 && step > (PY_SSIZE_T_MAX - (stride < 0 ? below : above)) / (n - 1)) {
+                    goto bad_layout;
                 }
+                *(stride < 0 ? &below : &above) += (n - 1) * step;
             }
+            if (below > PY_SSIZE_T_MAX - above) {
+                goto bad_layout;
+            }
+            Py_ssize_t low = -below, high = above;
             offset = empty ? 0 : -low;
             spec.ptr = empty ? view->buf : (char *)view->buf + low;
             spec.len = empty ? 0 : (size_t)(high - low);
@@ -657,6 +687,8 @@ membuf_from_exporter(PyObject *obj, int readonly_mode, const MemBuf_Spec *layout
     /* On failure membuf_from_spec_at called membuf_held_export_release. */
     return buf;
 
+bad_layout:
+    exporter_error(PyExc_OverflowError, obj, "exports a layout whose extent overflows");
 fail:
     membuf_held_export_release(NULL, 0, held); /* ends the export, calls on_release */
     return NULL;

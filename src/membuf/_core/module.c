@@ -30,7 +30,8 @@ static PyMethodDef module_methods[] = {
      "A Buffer over the memory at address, without copying.\n\n"
      "address is an int (or has __index__), or a ctypes pointer, array or\n"
      "object, or a cffi pointer or array: such an object is kept alive as the\n"
-     "owner, gives the default size (arrays and objects) and the default\n"
+     "owner, gives the default size (arrays and objects: a larger size is\n"
+     "refused) and the default\n"
      "format (its element type; char becomes 'B') and shape (its dimensions).\n"
      "size is in bytes; when None it is derived from format and shape.\n"
      "format (a struct-module / PEP 3118 code, default 'B'), shape and strides\n"
@@ -52,7 +53,8 @@ static PyMethodDef module_methods[] = {
      "or strides the Buffer has obj's own layout; with any of them they\n"
      "reinterpret obj's C-contiguous bytes (format defaults to obj's), checked\n"
      "against its size.  on_release() is called exactly once, after the\n"
-     "export of obj has ended."},
+     "export of obj has ended.  If from_buffer raises after accepting a\n"
+     "callable on_release, on_release has already been called."},
     {"address_of", (PyCFunction)membuf_py_address_of, METH_O,
      "address_of(obj, /)\n--\n\n"
      "Address of the first item that obj exports through the buffer protocol\n"
