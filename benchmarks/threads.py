@@ -78,6 +78,9 @@ def main() -> None:
 
     import membuf
 
+    # Only the C harness: the peers' modules (Cython, NumPy's C API) do not
+    # declare free-threading support, and importing one turns the GIL on.
+    run.EXTENSIONS = {"bench_capi": run.EXTENSIONS["bench_capi"]}
     with tempfile.TemporaryDirectory() as tmp:
         modules, missing = run.build_all(pathlib.Path(tmp), print)
         if "bench_capi" not in modules:
@@ -101,6 +104,9 @@ def main() -> None:
     wraps = 3 * args.repeat * n  # one thread once, two threads once each
     assert capi.release_count() - before == wraps, "a release callback was lost or doubled"
 
+    if sysconfig.get_config_var("Py_GIL_DISABLED") and sys._is_gil_enabled():
+        print("warning: the GIL is on (PYTHON_GIL=1, or a module that turned it on): "
+              "the 2-thread column is serialized")
     print(f"CPython {sys.version.split()[0]} ({gil_state()}), membuf {membuf.__version__}, "
           f"{sys.platform}, median of {args.repeat}, n = {n:,}")
     print(f"{'C-level operation':34} {'1 thread':>10} {'2 threads':>10} {'2 vs 1':>7}")
