@@ -117,6 +117,9 @@ THREAD_UNSAFE_FILES = {
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "thread_unsafe(reason): pytest-run-parallel runs the test on one thread")
+    config.addinivalue_line(
+        "markers", "release_abi(*packages): tools/refleak.py judges the test on blocks and "
+        "fds only (it runs release-ABI code, e.g. NumPy scalars, that its hook cannot see)")
 
 
 def pytest_collection_modifyitems(config, items):

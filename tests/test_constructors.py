@@ -135,6 +135,7 @@ def test_layout_messages_are_the_c_apis(fakelib):
     assert str(python.value) == str(c_api.value)
 
 
+@pytest.mark.release_abi("numpy")  # a NumPy scalar's __index__
 def test_index_objects_are_addresses():
     mem = doubles(2)
 
