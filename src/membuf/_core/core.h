@@ -59,7 +59,11 @@
  *     another object (the owner) that release ends, then calls the Python
  *     on_release it may hold (from_buffer(), and Buffers rebuilt by pickle).
  *     Release clears all four fields *before* the callback runs.
- *   - GC: tracked only while owner or a Python callable could form a cycle.
+ *   - GC: tracked only while owner or a Python callable could form a cycle:
+ *     with a Python callable, or an owner of a GC type (MB_MAY_CYCLE; an
+ *     object of a type without GC support holds no reference back, by
+ *     CPython's convention, so an owner such as bytes, an int, a NumPy array
+ *     or object() leaves the Buffer untracked).
  *     Every reference we hold is visited by tp_traverse, including the
  *     exporter behind a held export (view->obj): a cycle through any of them
  *     is collected like a cycle through a memoryview.
@@ -140,6 +144,9 @@ PyObject *membuf_richcompare(PyObject *self, PyObject *other, int op);
 #endif
 
 #define MemBuf_CheckExact(op) Py_IS_TYPE((op), MEMBUF_TYPE)
+
+/* Whether owner (may be NULL) can be part of a reference cycle. */
+#define MB_MAY_CYCLE(owner) ((owner) != NULL && PyType_IS_GC(Py_TYPE(owner)))
 
 /* A Buffer's lock: a per-object critical section in the free-threaded build
  * (3.13+), nothing where the GIL serializes everything.  Held only around

@@ -236,7 +236,7 @@ membuf_new_plain(const void *ptr, size_t len, int flags, PyObject *owner, PyObje
     if (callable != NULL) {
         self->flags |= MB_PYCALLBACK;
     }
-    if (owner != NULL || callable != NULL) {
+    if (callable != NULL || MB_MAY_CYCLE(owner)) {
         self->flags |= MB_TRACKED;
         PyObject_GC_Track(self);
     }
@@ -317,7 +317,7 @@ membuf_from_spec_at(const MemBuf_Spec *spec, int pycallback, Py_ssize_t offset)
         self->flags |= MB_PYCALLBACK;
     }
     self->owner = Py_XNewRef(spec->owner);
-    if (self->owner != NULL || pycallback) {
+    if (pycallback || MB_MAY_CYCLE(self->owner)) {
         self->flags |= MB_TRACKED;
         PyObject_GC_Track(self);
     }
@@ -394,9 +394,14 @@ membuf_mark_held_export(MemBufObject *self)
 {
     assert(!MB_IS_RELEASED(self) && self->ctx != NULL);
     assert(!(self->flags & (MB_PYCALLBACK | MB_SLICE)));
-    assert(self->owner != NULL && (self->flags & MB_TRACKED)); /* the exporter is the owner */
+    assert(self->owner != NULL); /* the exporter is the owner */
     assert(self->release == membuf_held_export_release);
     self->flags |= MB_HELD_EXPORT;
+    /* A cycle may also run through the Python on_release it holds. */
+    if (!(self->flags & MB_TRACKED) && ((membuf_held_export *)self->ctx)->on_release != NULL) {
+        self->flags |= MB_TRACKED;
+        PyObject_GC_Track(self);
+    }
 }
 
 /* The duty of a held export: end it, free the struct, then call on_release
@@ -696,8 +701,10 @@ membuf_dealloc(MemBufObject *self)
     if (self->flags & MB_TRACKED) {
         PyObject_GC_UnTrack(self);
     }
-    if (self->owner == NULL) {
-        dealloc_body(self); /* drops no Buffer: no deep recursion possible */
+    if (self->owner == NULL || !MemBuf_CheckExact(self->owner)) {
+        /* Drops no Buffer directly: an owner that holds Buffers in turn
+         * deallocates through its own type's trashcan, if it is a container. */
+        dealloc_body(self);
         return;
     }
     /* Dropping owner may free a parent, its parent, ...: the trashcan keeps
