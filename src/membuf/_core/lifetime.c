@@ -145,8 +145,8 @@ call_python_release(PyObject *callable, int unraisable, int retrack)
 {
     int rc = 0;
     PyObject *type = NULL, *value = NULL, *tb = NULL;
-    if (unraisable) {
-        PyErr_Fetch(&type, &value, &tb);
+    if (unraisable && PyErr_Occurred()) {
+        PyErr_Fetch(&type, &value, &tb); /* kept aside while the callable runs */
     }
     PyObject *res = PyObject_CallNoArgs(callable);
     if (res == NULL) {
@@ -158,7 +158,7 @@ call_python_release(PyObject *callable, int unraisable, int retrack)
         }
     }
     Py_XDECREF(res);
-    if (unraisable) {
+    if (type != NULL) {
         PyErr_Restore(type, value, tb);
     }
     if (retrack && !PyObject_GC_IsTracked(callable)) {
