@@ -453,6 +453,13 @@ typedef struct {
     PyObject *owner; /* a strong reference; for a slice, the parent */
 } release_duty;
 
+/* A Buffer's flags once released: MB_RELEASED set, and the states that
+ * only a live Buffer has (a pending release, a held export's mark, an
+ * untracked callable) cleared. */
+#define MB_RELEASED_FLAGS(flags)                                                             \
+    (((flags) | MB_RELEASED) &                                                               \
+     ~(MB_PENDING | MB_GC_DEFERRED | MB_UNTRACKED_CALLABLE | MB_HELD_EXPORT))
+
 /* Precondition: the caller holds self's lock (or the only reference), self
  * is not released and has no export. */
 static void
@@ -468,8 +475,7 @@ take_duty(MemBufObject *self, release_duty *duty)
     duty->ctx = self->ctx;
     duty->owner = self->owner;
     /* Mark first: whatever the callback does, it sees a released Buffer. */
-    self->flags = (self->flags | MB_RELEASED) &
-                  ~(MB_PENDING | MB_GC_DEFERRED | MB_UNTRACKED_CALLABLE | MB_HELD_EXPORT);
+    self->flags = MB_RELEASED_FLAGS(self->flags);
     self->release = NULL;
     self->ctx = NULL;
     self->owner = NULL;
@@ -553,25 +559,12 @@ do_duty(release_duty *duty, int unraisable)
 
 /* Give the memory back now: take the duty and do it.  Precondition: self
  * is not released, has no export, and the caller may take its duty (holds
- * its lock, or the only reference).  The commonest case -- a C callback, no
- * owner, not a slice: what deallocating a plain Buffer does -- is inline. */
+ * its lock, or the only reference).  A Buffer that lets no parent go (not a
+ * slice, no held export: what deallocating a plain Buffer is) is inline. */
 static inline int
 release_now(MemBufObject *self, int unraisable)
 {
     int flags = self->flags;
-    if (!(flags & (MB_PYCALLBACK | MB_SLICE)) && self->owner == NULL) {
-        /* take_duty() and do_duty() of this case, without the copies */
-        assert(!MB_IS_RELEASED(self) && self->exports == 0);
-        MemBuf_ReleaseFunc release = self->release;
-        void *ctx = self->ctx;
-        self->flags = (flags | MB_RELEASED) & ~(MB_PENDING | MB_GC_DEFERRED | MB_HELD_EXPORT);
-        self->release = NULL;
-        self->ctx = NULL;
-        if (release != NULL) {
-            release(self->mem, self->mem_len, ctx);
-        }
-        return 0;
-    }
     if (!(flags & (MB_SLICE | MB_HELD_EXPORT))) {
         /* take_duty() and do_duty() of a Buffer that lets no parent go: a C
          * callback or a Python on_release, then the owner, in that order,
@@ -581,8 +574,7 @@ release_now(MemBufObject *self, int unraisable)
         MemBuf_ReleaseFunc release = self->release;
         void *ctx = self->ctx;
         PyObject *owner = self->owner;
-        self->flags = (flags | MB_RELEASED) &
-                      ~(MB_PENDING | MB_GC_DEFERRED | MB_UNTRACKED_CALLABLE | MB_HELD_EXPORT);
+        self->flags = MB_RELEASED_FLAGS(flags);
         self->release = NULL;
         self->ctx = NULL;
         self->owner = NULL;
