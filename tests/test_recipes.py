@@ -184,13 +184,10 @@ def test_cffi_new_owner_keeps_the_array_alive():
 # --------------------------------------------------------------------------
 
 
-def test_cython_setup_py_recipe_builds(tmp_path):
-    # `python setup.py build_ext --inplace`, then use the module, as a user
-    # would; in subprocesses, so that each run builds and loads a fresh module.
-    pytest.importorskip("Cython")
-    (script,) = [b for b in BLOCKS if b.note == BUILT]
-    (tmp_path / "setup.py").write_text(script.code)
-    shutil.copy(CYTHON_DIR / "cy_getbuf.pyx", tmp_path / "mylib.pyx")
+def build_mylib_and_run(tmp_path, setup_py, check):
+    """Build mylib.pyx (already in tmp_path) with the page's setup.py and
+    tests/cython/blobsource.{c,h}, then run `check` there; its stdout."""
+    (tmp_path / "setup.py").write_text(setup_py)
     for name in ("blobsource.c", "blobsource.h"):
         shutil.copy(CYTHON_DIR / name, tmp_path / name)
     build = subprocess.run(
@@ -198,16 +195,25 @@ def test_cython_setup_py_recipe_builds(tmp_path):
         cwd=tmp_path, capture_output=True, text=True,
     )
     assert build.returncode == 0, build.stdout + build.stderr
-    check = (
+    run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def test_cython_setup_py_recipe_builds(tmp_path):
+    # `python setup.py build_ext --inplace`, then use the module, as a user
+    # would; in subprocesses, so that each run builds and loads a fresh module.
+    pytest.importorskip("Cython")
+    (script,) = [b for b in BLOCKS if b.note == BUILT]
+    shutil.copy(CYTHON_DIR / "cy_getbuf.pyx", tmp_path / "mylib.pyx")
+    out = build_mylib_and_run(tmp_path, script.code, (
         "import mylib\n"
         "buf = mylib.getbuf(5)\n"
         "print(memoryview(buf).tobytes(), buf.address == mylib.last_address(), mylib.freed())\n"
         "del buf\n"
         "print(mylib.freed())\n"
-    )
-    run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout == "b'\\x00\\x01\\x02\\x03\\x04' True 0\n1\n"
+    ))
+    assert out == "b'\\x00\\x01\\x02\\x03\\x04' True 0\n1\n"
 
 
 def test_the_three_line_answer_builds_from_what_the_page_shows(tmp_path):
@@ -217,21 +223,11 @@ def test_the_three_line_answer_builds_from_what_the_page_shows(tmp_path):
     (recipe,) = [b for b in BLOCKS if b.note == "<!-- test: verbatim in tests/cython/cy_getbuf.pyx -->"]
     (script,) = [b for b in BLOCKS if b.note == BUILT]
     (tmp_path / "mylib.pyx").write_text(recipe.code)
-    (tmp_path / "setup.py").write_text(script.code)
-    for name in ("blobsource.c", "blobsource.h"):
-        shutil.copy(CYTHON_DIR / name, tmp_path / name)
-    build = subprocess.run(
-        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-        cwd=tmp_path, capture_output=True, text=True,
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
-    check = (
+    out = build_mylib_and_run(tmp_path, script.code, (
         "import membuf, mylib\n"
         "buf = mylib.getbuf(5)\n"
         "print(type(buf) is membuf.Buffer, buf.readonly, memoryview(buf).tobytes())\n"
         "buf.release()\n"
         "print(buf.released)\n"
-    )
-    run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout == "True True b'\\x00\\x01\\x02\\x03\\x04'\nTrue\n"
+    ))
+    assert out == "True True b'\\x00\\x01\\x02\\x03\\x04'\nTrue\n"
