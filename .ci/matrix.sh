@@ -66,6 +66,8 @@ run_314() {
         "$venv/bin/python" -m pip install --quiet ".[test]"
         "$venv/bin/python" -m pytest -q -p no:cacheprovider
         rm -rf "$venv"'
+    # Leave no bind behind: the next run's checkout may sit at the same path.
+    "$cache/bin/in-sid" --unmount
 }
 
 run_ft() {  # $1: 3.13 or 3.14 -- the free-threaded build of that version
