@@ -39,7 +39,9 @@ def test_slice_of_an_empty_layout_with_a_huge_leading_shape(fakelib):
 import ctypes
 import gc
 import pickle
+import inspect
 import sys
+import sysconfig
 import tracemalloc
 import weakref
 
@@ -140,28 +142,60 @@ def test_a_resurrected_cycle_says_why_its_release_is_pending():
 
 @pytest.mark.skipif(membuf._membuf._FREELIST_MAX == 0, reason="this build has no free list "
                     "(sanitizer, fuzz and free-threaded builds): nothing is recycled")
-def test_tracemalloc_sees_where_a_recycled_buffer_was_made():
-    # Reusing a Buffer from the free list skipped the new-reference
-    # bookkeeping, so tracemalloc reported the site of its first allocation.
-    def first_site():
-        return membuf.from_address(0, 0)
-
-    def second_site():
-        return membuf.from_address(0, 0)
-
+def test_a_recycled_buffer_gets_the_bookkeeping_of_a_new_object():
+    # Reusing a Buffer from the free list once skipped the new-reference
+    # bookkeeping (refcount 1, the debug build's reference total).  tracemalloc
+    # cannot name the site of a plain Buffer any more: CPython looks for a GC
+    # header by type, and plain Buffers have none (test below).
+    block = ctypes.create_string_buffer(8)
+    address = ctypes.addressof(block)
     membuf._membuf._clear_freelist()  # room on the free list for `first`
+    first = membuf.from_address(address, 8)
+    first_address = id(first)
+    del first  # onto the free list
+    buf = membuf.from_address(address, 8)
+    assert id(buf) == first_address, "expected the recycled object"
+    assert sys.getrefcount(buf) == 2  # buf, and getrefcount's argument
+    assert not buf.released and buf.exports == 0
+
+
+@pytest.mark.skipif(sys.maxsize < 2**32 or sysconfig.get_config_var("Py_GIL_DISABLED"),
+                    reason="the 64-byte head is the layout of 64-bit builds with the GIL")
+def test_tracemalloc_counts_a_plain_buffer_at_64_bytes_where_it_was_made():
+    block = ctypes.create_string_buffer(8)
+    address = ctypes.addressof(block)
+    n = 1000  # more than the free list holds
+    bufs = [None] * n
+    membuf._membuf._clear_freelist()
     tracemalloc.start()
     try:
-        first = first_site()
-        first_address = id(first)
-        del first  # onto the free list
-        buf = second_site()
+        before = tracemalloc.take_snapshot()
+        for i in range(n):
+            bufs[i] = membuf.from_address(address, 8)  # the one allocating line
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    lines, first = inspect.getsourcelines(
+        test_tracemalloc_counts_a_plain_buffer_at_64_bytes_where_it_was_made)
+    (lineno,) = [first + k for k, text in enumerate(lines) 
+                  if text.lstrip().startswith("bufs[i] = ")]
+    (stat,) = [st for st in after.compare_to(before, "lineno")
+               if st.traceback[0].filename == __file__ and st.traceback[0].lineno == lineno
+               and st.count_diff != 0]
+    assert (stat.count_diff, stat.size_diff) == (n, 64 * n)
+
+
+def test_tracemalloc_names_the_site_of_a_buffer_with_a_gc_header():
+    block = ctypes.create_string_buffer(8)
+    tracemalloc.start()
+    try:
+        buf = membuf.from_address(ctypes.addressof(block), 8, on_release=lambda: None)
         tb = tracemalloc.get_object_traceback(buf)
     finally:
         tracemalloc.stop()
-    assert id(buf) == first_address, "expected the recycled object"
     assert tb is not None
-    assert tb[0].lineno == second_site.__code__.co_firstlineno + 1
+    assert tb[0].lineno == (
+        test_tracemalloc_names_the_site_of_a_buffer_with_a_gc_header.__code__.co_firstlineno + 4)
 
 
 # The DLPack deleter that hung inside a subinterpreter (export_free() called

@@ -22,7 +22,7 @@ as_memoryview(MemBufObject *self)
 static int
 is_byte_vector(const MemBufObject *self)
 {
-    return self->format == NULL && self->ndim == 1;
+    return membuf_format_or_null(self) == NULL && membuf_ndim(self) == 1;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -235,7 +235,7 @@ translate_slice_set_error(MemBufObject *self, PyObject *value, Py_ssize_t count)
                      "%s: the value (format '%s', itemsize %zd, shape %R) does not match the "
                      "slice (format '%s', itemsize %zd, shape (%zd,))",
                      OP_SLICE_SET, theirs.format != NULL ? theirs.format : "B", theirs.itemsize,
-                     shape, membuf_format(self), self->itemsize, count);
+                     shape, membuf_format(self), membuf_itemsize(self), count);
         Py_DECREF(shape);
     }
     PyBuffer_Release(&theirs);
@@ -254,7 +254,7 @@ static int
 check_other_key(MemBufObject *self, PyObject *key, const char *op, PyObject **item_key)
 {
     *item_key = NULL;
-    if (self->ndim == 0) {
+    if (membuf_ndim(self) == 0) {
         if (key == Py_Ellipsis) {
             return KEY_ELLIPSIS;
         }
@@ -293,13 +293,13 @@ check_other_key(MemBufObject *self, PyObject *key, const char *op, PyObject **it
                           op);
         return -1;
     }
-    if (n < self->ndim) {
-        subview_error(op, n, self->ndim);
+    if (n < membuf_ndim(self)) {
+        subview_error(op, n, membuf_ndim(self));
         return -1;
     }
-    if (n > self->ndim) {
-        PyErr_Format(PyExc_TypeError, "%s: %zd indices for %d dimension%s", op, n, self->ndim,
-                     self->ndim == 1 ? "" : "s");
+    if (n > membuf_ndim(self)) {
+        PyErr_Format(PyExc_TypeError, "%s: %zd indices for %d dimension%s", op, n, membuf_ndim(self),
+                     membuf_ndim(self) == 1 ? "" : "s");
         return -1;
     }
     PyObject *normalized = PyTuple_New(n);
@@ -312,7 +312,7 @@ check_other_key(MemBufObject *self, PyObject *key, const char *op, PyObject **it
         if (i == -1 && PyErr_Occurred()) {
             goto fail; /* the index's own __index__ raised */
         }
-        Py_ssize_t size = self->shape[k], j = i < 0 ? i + size : i;
+        Py_ssize_t size = membuf_shape(self)[k], j = i < 0 ? i + size : i;
         if (j < 0 || j >= size) {
             index_error(op, part, i, (int)k + 1, size);
             goto fail;
@@ -337,13 +337,13 @@ Py_ssize_t
 membuf_length(MemBufObject *self)
 {
     MB_CHECK_RELEASED(self, -1);
-    if (self->ndim == 0) {
+    if (membuf_ndim(self) == 0) {
         /* memoryview's rule since CPython 3.12 (3.11 answered 1): the same
          * on every version. */
         PyErr_SetString(PyExc_TypeError, "len() of a 0-dim membuf.Buffer: it has no length");
         return -1;
     }
-    return self->shape[0];
+    return membuf_shape(self)[0];
 }
 
 /* Item i of a typed 1-D Buffer (0 <= i < shape[0]), or the NotImplementedError
@@ -351,8 +351,8 @@ membuf_length(MemBufObject *self)
 static PyObject *
 typed_item(MemBufObject *self, Py_ssize_t i)
 {
-    if (self->ndim > 1) {
-        subview_error(OP_GET, 1, self->ndim);
+    if (membuf_ndim(self) > 1) {
+        subview_error(OP_GET, 1, membuf_ndim(self));
         return NULL;
     }
     PyObject *view = as_memoryview(self);
@@ -372,7 +372,7 @@ PyObject *
 membuf_item(MemBufObject *self, Py_ssize_t i)
 {
     MB_CHECK_RELEASED(self, NULL);
-    if (self->ndim == 0) {
+    if (membuf_ndim(self) == 0) {
         PyObject *key = PyLong_FromSsize_t(i);
         if (key != NULL) {
             zero_dim_error(OP_GET, key);
@@ -380,13 +380,13 @@ membuf_item(MemBufObject *self, Py_ssize_t i)
         }
         return NULL;
     }
-    if (i < 0 || i >= self->shape[0]) {
+    if (i < 0 || i >= membuf_shape(self)[0]) {
         /* a negative i was made non-negative by adding shape[0] once */
-        index_error(OP_GET, NULL, i < 0 ? i - self->shape[0] : i, 1, self->shape[0]);
+        index_error(OP_GET, NULL, i < 0 ? i - membuf_shape(self)[0] : i, 1, membuf_shape(self)[0]);
         return NULL;
     }
     if (is_byte_vector(self)) {
-        return PyLong_FromLong(*(unsigned char *)(self->buf + i * self->strides[0]));
+        return PyLong_FromLong(*(unsigned char *)(self->buf + i * membuf_strides(self)[0]));
     }
     return typed_item(self, i);
 }
@@ -397,7 +397,7 @@ membuf_slice(MemBufObject *self, PyObject *key)
     Py_ssize_t start, stop, step, count;
     Py_ssize_t shape[MEMBUF_MAX_NDIM], strides[MEMBUF_MAX_NDIM];
 
-    if (self->ndim == 0) {
+    if (membuf_ndim(self) == 0) {
         zero_dim_error(OP_SLICE_GET, key);
         return NULL;
     }
@@ -407,9 +407,9 @@ membuf_slice(MemBufObject *self, PyObject *key)
     }
     /* __index__ of the slice's parts may have released us. */
     MB_CHECK_RELEASED(self, NULL);
-    count = PySlice_AdjustIndices(self->shape[0], &start, &stop, step);
-    memcpy(shape, self->shape, (size_t)self->ndim * sizeof(Py_ssize_t));
-    memcpy(strides, self->strides, (size_t)self->ndim * sizeof(Py_ssize_t));
+    count = PySlice_AdjustIndices(membuf_shape(self)[0], &start, &stop, step);
+    memcpy(shape, membuf_shape(self), (size_t)membuf_ndim(self) * sizeof(Py_ssize_t));
+    memcpy(strides, membuf_strides(self), (size_t)membuf_ndim(self) * sizeof(Py_ssize_t));
     shape[0] = count;
     /* Offsets are bounded by the memory only where elements exist: in an
      * empty layout (nbytes 0) strides are arbitrary, and a stride along a
@@ -417,7 +417,7 @@ membuf_slice(MemBufObject *self, PyObject *key)
      * stride * step (memoryview's rule) unless that overflows, and the
      * address stays put; elsewhere nothing can overflow. */
     char *buf = self->buf;
-    Py_ssize_t stride = self->strides[0];
+    Py_ssize_t stride = membuf_strides(self)[0];
     if (self->nbytes > 0 && count > 0) {
         buf += start * stride;
     }
@@ -426,7 +426,7 @@ membuf_slice(MemBufObject *self, PyObject *key)
     if ((self->nbytes > 0 && count > 1) || stride_size <= (size_t)PY_SSIZE_T_MAX / step_size) {
         strides[0] = stride * step;
     }
-    return membuf_new_view(self, buf, self->ndim, shape, strides);
+    return membuf_new_view(self, buf, membuf_ndim(self), shape, strides);
 }
 
 PyObject *
@@ -441,22 +441,22 @@ membuf_subscript(MemBufObject *self, PyObject *key)
         }
         /* __index__ may have released us: checked again here. */
         MB_CHECK_RELEASED(self, NULL);
-        if (self->ndim != 1) {
-            if (self->ndim == 0) {
+        if (membuf_ndim(self) != 1) {
+            if (membuf_ndim(self) == 0) {
                 zero_dim_error(OP_GET, key);
             }
             else {
-                subview_error(OP_GET, 1, self->ndim);
+                subview_error(OP_GET, 1, membuf_ndim(self));
             }
             return NULL;
         }
-        Py_ssize_t n = self->shape[0], j = i < 0 ? i + n : i;
+        Py_ssize_t n = membuf_shape(self)[0], j = i < 0 ? i + n : i;
         if (j < 0 || j >= n) {
             index_error(OP_GET, key, i, 1, n);
             return NULL;
         }
-        if (self->format == NULL) {
-            return PyLong_FromLong(*(unsigned char *)(self->buf + j * self->strides[0]));
+        if (membuf_format_or_null(self) == NULL) {
+            return PyLong_FromLong(*(unsigned char *)(self->buf + j * membuf_strides(self)[0]));
         }
         return typed_item(self, j);
     }
@@ -495,7 +495,7 @@ plain_slice(MemBufObject *self, PyObject *key, Py_ssize_t *count)
         translate_slice_error(key, OP_SLICE_SET);
         return NULL;
     }
-    *count = PySlice_AdjustIndices(self->shape[0], &start, &stop, step);
+    *count = PySlice_AdjustIndices(membuf_shape(self)[0], &start, &stop, step);
     PyObject *parts[3] = {PyLong_FromSsize_t(start), PyLong_FromSsize_t(stop),
                           PyLong_FromSsize_t(step)};
     PyObject *slice = NULL;
@@ -534,12 +534,12 @@ membuf_ass_subscript(MemBufObject *self, PyObject *key, PyObject *value)
         return -1;
     }
     if (PyIndex_Check(key)) {
-        if (self->ndim != 1) {
-            if (self->ndim == 0) {
+        if (membuf_ndim(self) != 1) {
+            if (membuf_ndim(self) == 0) {
                 zero_dim_error(op, key);
             }
             else {
-                subview_error(op, 1, self->ndim);
+                subview_error(op, 1, membuf_ndim(self));
             }
             return -1;
         }
@@ -551,7 +551,7 @@ membuf_ass_subscript(MemBufObject *self, PyObject *key, PyObject *value)
         if (i == -1 && PyErr_Occurred()) {
             goto done; /* the key's own __index__ raised */
         }
-        Py_ssize_t n = self->shape[0], j = i < 0 ? i + n : i;
+        Py_ssize_t n = membuf_shape(self)[0], j = i < 0 ? i + n : i;
         if (j < 0 || j >= n) {
             index_error(op, key, i, 1, n);
             goto done;
@@ -559,15 +559,15 @@ membuf_ass_subscript(MemBufObject *self, PyObject *key, PyObject *value)
         item_key = PyLong_CheckExact(key) ? Py_NewRef(key) : PyLong_FromSsize_t(j);
     }
     else if (is_slice) {
-        if (self->ndim != 1) {
-            if (self->ndim == 0) {
+        if (membuf_ndim(self) != 1) {
+            if (membuf_ndim(self) == 0) {
                 zero_dim_error(op, key);
             }
             else {
                 PyErr_Format(PyExc_NotImplementedError,
                              "%s: only 1-D Buffers take slice assignment (this one has %d "
                              "dimensions)",
-                             op, self->ndim);
+                             op, membuf_ndim(self));
             }
             return -1;
         }
@@ -682,11 +682,11 @@ membuf_repr(MemBufObject *self)
         state = PyUnicode_FromString(", released");
     }
     else if (self->flags & MB_PENDING) {
-        state = PyUnicode_FromFormat(", release pending on %zd export%s", self->exports,
+        state = PyUnicode_FromFormat(", release pending on %d export%s", self->exports,
                                      self->exports == 1 ? "" : "s");
     }
     else if (self->exports > 0) {
-        state = PyUnicode_FromFormat(", %zd export%s", self->exports,
+        state = PyUnicode_FromFormat(", %d export%s", self->exports,
                                      self->exports == 1 ? "" : "s");
     }
     else {
@@ -701,7 +701,7 @@ membuf_repr(MemBufObject *self)
                                       self->nbytes, access, state);
     }
     else {
-        PyObject *shape = membuf_ssize_tuple(self->ndim, self->shape);
+        PyObject *shape = membuf_ssize_tuple(membuf_ndim(self), membuf_shape(self));
         if (shape == NULL) {
             Py_DECREF(state);
             return NULL;
@@ -920,6 +920,24 @@ done:
 /* Every docstring starts with a text signature ("name($self, ...)\n--\n\n"):
  * inspect.signature() and help() read it.  tests/test_messages.py checks
  * each against the method's behaviour. */
+/* __sizeof__: the head, or the extended layout with its trailing storage
+ * (core.h); not the memory, which is not ours, nor a held export's struct. */
+static PyObject *
+membuf_sizeof(MemBufObject *self, PyObject *unused)
+{
+    (void)unused;
+    size_t size = sizeof(MemBufObject);
+    if (MB_IS_EXTENDED(self)) {
+        size = sizeof(MemBufExtended);
+        if (!(self->flags & MB_COMPACT)) {
+            const char *format = membuf_format_or_null(self);
+            size += 2 * (size_t)membuf_ndim(self) * sizeof(Py_ssize_t) +
+                    (format != NULL ? strlen(format) + 1 : 0);
+        }
+    }
+    return PyLong_FromSize_t(size);
+}
+
 PyMethodDef membuf_methods[] = {
     {"release", (PyCFunction)(void (*)(void))membuf_release_method, METH_FASTCALL | METH_KEYWORDS,
      "release($self, /, defer=False)\n--\n\n"
@@ -945,6 +963,11 @@ PyMethodDef membuf_methods[] = {
      "With an exception: release(defer=True) -- at once if no view is alive, else\n"
      "when the last one ends -- and the exception propagates unchanged; an\n"
      "exception from on_release then goes to sys.unraisablehook.  Returns None."},
+    {"__sizeof__", (PyCFunction)membuf_sizeof, METH_NOARGS,
+     "__sizeof__($self, /)\n--\n\n"
+     "Size of the object in bytes, without the memory it views.  (sys.getsizeof\n"
+     "adds the size of a GC header to every Buffer, by type, although plain\n"
+     "Buffers are allocated without one.)"},
     {"__reduce_ex__", (PyCFunction)membuf_reduce_ex, METH_O,
      "__reduce_ex__($self, protocol, /)\n--\n\n"
      "Pickle support: protocol 5 hands the memory out-of-band as a PickleBuffer."},

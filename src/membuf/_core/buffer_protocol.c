@@ -49,8 +49,9 @@ refusal_of(const MemBufObject *self, int flags)
     return NULL;
 }
 
-int
-membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
+/* Every request but the fast path of membuf_getbuffer. */
+static MB_NOINLINE int
+getbuffer_cold(MemBufObject *self, Py_buffer *view, int flags)
 {
     /* Check and count under the Buffer's lock, so that no release can slip
      * in between (the rest reads fields that never change before release). */
@@ -60,7 +61,12 @@ membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
     released = MB_REFUSES_WORK(self);
     if (!released && (refusal = refusal_of(self, flags)) == NULL) {
         MB_ASSERT_FIELDS(self);
-        self->exports++;
+        if (self->exports < MB_EXPORTS_MAX) {
+            self->exports++;
+        }
+        else {
+            refusal = "membuf.Buffer: too many exports";
+        }
     }
     MB_UNLOCK();
     if (released) {
@@ -72,20 +78,21 @@ membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
         PyErr_SetString(PyExc_BufferError, refusal);
         return -1;
     }
+    int ndim = membuf_ndim(self);
     view->buf = self->buf;
     view->len = self->nbytes;
     view->readonly = !(self->flags & MEMBUF_WRITABLE);
-    view->itemsize = self->itemsize;
-    view->ndim = self->ndim;
-    view->shape = self->shape;
-    view->strides = self->strides;
+    view->itemsize = membuf_itemsize(self);
+    view->ndim = ndim;
+    view->shape = membuf_shape(self);
+    view->strides = membuf_strides(self);
     view->suboffsets = NULL;
     view->internal = NULL;
     view->format = REQ_FORMAT(flags) ? (char *)membuf_format(self) : NULL;
-    if (!REQ_STRIDES(flags) || self->ndim == 0) {
+    if (!REQ_STRIDES(flags) || ndim == 0) {
         view->strides = NULL; /* ndim 0: shape and strides MUST be NULL */
     }
-    if (self->ndim == 0) {
+    if (ndim == 0) {
         view->shape = NULL;
     }
     if (!REQ_SHAPE(flags)) {
@@ -96,6 +103,35 @@ membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
     /* suboffsets stay NULL: that meets PyBUF_INDIRECT and every other request. */
     view->obj = Py_NewRef((PyObject *)self);
     return 0;
+}
+
+int
+membuf_getbuffer(MemBufObject *self, Py_buffer *view, int flags)
+{
+#ifndef Py_GIL_DISABLED
+    /* The fast path: compact bytes, live, a request it meets (any but a
+     * writable one of read-only memory), answered as bytes answers
+     * (PyBuffer_FillInfo).  The GIL makes the check and the count one step. */
+    int state = self->flags;
+    if (MB_LIKELY((state & (MB_COMPACT | MB_RELEASED | MB_PENDING)) == MB_COMPACT &&
+                  (!REQ_WRITABLE(flags) || (state & MEMBUF_WRITABLE)) &&
+                  self->exports < MB_EXPORTS_MAX)) {
+        self->exports++;
+        view->obj = Py_NewRef((PyObject *)self);
+        view->buf = self->buf;
+        view->len = self->nbytes;
+        view->readonly = !(state & MEMBUF_WRITABLE);
+        view->itemsize = 1;
+        view->format = REQ_FORMAT(flags) ? "B" : NULL;
+        view->ndim = 1;
+        view->shape = REQ_SHAPE(flags) ? &self->nbytes : NULL;
+        view->strides = REQ_STRIDES(flags) ? (Py_ssize_t *)&membuf_unit_stride : NULL;
+        view->suboffsets = NULL;
+        view->internal = NULL;
+        return 0;
+    }
+#endif
+    return getbuffer_cold(self, view, flags);
 }
 
 void

@@ -27,11 +27,8 @@ static const char membuf_type_doc[] =
 static PyMemberDef membuf_members[] = {
     {"nbytes", Py_T_PYSSIZET, offsetof(MemBufObject, nbytes), Py_READONLY,
      "Size of the contents in bytes."},
-    {"exports", Py_T_PYSSIZET, offsetof(MemBufObject, exports), Py_READONLY,
+    {"exports", Py_T_INT, offsetof(MemBufObject, exports), Py_READONLY,
      "Number of live buffer exports."},
-    {"itemsize", Py_T_PYSSIZET, offsetof(MemBufObject, itemsize), Py_READONLY,
-     "Size of one item in bytes."},
-    {"ndim", Py_T_INT, offsetof(MemBufObject, ndim), Py_READONLY, "Number of dimensions."},
 #ifdef Py_LIMITED_API /* a heap type says where its weak references live here */
     {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(MemBufObject, weakreflist), Py_READONLY, NULL},
 #endif
@@ -60,6 +57,20 @@ get_readonly(MemBufObject *self, void *closure)
 }
 
 static PyObject *
+get_itemsize(MemBufObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(membuf_itemsize(self));
+}
+
+static PyObject *
+get_ndim(MemBufObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(membuf_ndim(self));
+}
+
+static PyObject *
 get_format(MemBufObject *self, void *closure)
 {
     (void)closure;
@@ -70,21 +81,21 @@ static PyObject *
 get_shape(MemBufObject *self, void *closure)
 {
     (void)closure;
-    return membuf_ssize_tuple(self->ndim, self->shape);
+    return membuf_ssize_tuple(membuf_ndim(self), membuf_shape(self));
 }
 
 static PyObject *
 get_strides(MemBufObject *self, void *closure)
 {
     (void)closure;
-    return membuf_ssize_tuple(self->ndim, self->strides);
+    return membuf_ssize_tuple(membuf_ndim(self), membuf_strides(self));
 }
 
 static PyObject *
 get_owner(MemBufObject *self, void *closure)
 {
     (void)closure;
-    return Py_NewRef(self->owner != NULL ? self->owner : Py_None);
+    return Py_NewRef(membuf_owner(self) != NULL ? membuf_owner(self) : Py_None);
 }
 
 #define MB_FLAG_CLOSURE(mask) ((void *)(Py_intptr_t)(mask))
@@ -95,6 +106,8 @@ static PyGetSetDef membuf_getset[] = {
     {"readonly", (getter)get_readonly, NULL, "True unless created writable.", NULL},
     {"released", (getter)get_flag, NULL, "True once the memory has been given back.",
      MB_FLAG_CLOSURE(MB_RELEASED)},
+    {"itemsize", (getter)get_itemsize, NULL, "Size of one item in bytes.", NULL},
+    {"ndim", (getter)get_ndim, NULL, "Number of dimensions.", NULL},
     {"format", (getter)get_format, NULL, "struct-module format of one item.", NULL},
     {"shape", (getter)get_shape, NULL, "Tuple of ndim lengths.", NULL},
     {"strides", (getter)get_strides, NULL, "Tuple of ndim strides in bytes.", NULL},
@@ -167,6 +180,9 @@ PyTypeObject MemBuf_Type = {
     .tp_getset = membuf_getset,
     .tp_new = membuf_new,
     .tp_finalize = (destructor)membuf_finalize,
+#ifndef Py_GIL_DISABLED
+    .tp_is_gc = membuf_is_gc, /* a GC header only where a cycle is possible (core.h) */
+#endif
 };
 
 int
@@ -199,6 +215,7 @@ static PyType_Slot membuf_slots[] = {
     {Py_tp_getset, membuf_getset},
     {Py_tp_new, (void *)membuf_new},
     {Py_tp_finalize, (void *)membuf_finalize},
+    {Py_tp_is_gc, (void *)membuf_is_gc},
     {0, NULL},
 };
 

@@ -540,7 +540,7 @@ membuf_py_from_address(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     }
     spec.owner = owner;
     /* membuf_from_spec calls on_release itself if it fails. */
-    PyObject *result = membuf_from_spec(&spec, on_release != NULL);
+    PyObject *result = membuf_from_spec(&spec, on_release != NULL ? MB_CTX_PYCALLABLE : MB_CTX_C);
     Py_XDECREF(converted); /* after: the format text may live in it */
     return result;
 
@@ -680,12 +680,8 @@ membuf_from_exporter(PyObject *obj, int readonly_mode, const MemBuf_Spec *layout
             spec.strides = strides;
         }
     }
-    PyObject *buf = membuf_from_spec_at(&spec, 0, offset);
-    if (buf != NULL) {
-        membuf_mark_held_export((MemBufObject *)buf);
-    }
-    /* On failure membuf_from_spec_at called membuf_held_export_release. */
-    return buf;
+    /* On failure membuf_from_spec_at calls membuf_held_export_release. */
+    return membuf_from_spec_at(&spec, MB_CTX_HELD_EXPORT, offset);
 
 bad_layout:
     exporter_error(PyExc_OverflowError, obj, "exports a layout whose extent overflows");

@@ -33,24 +33,61 @@
 #define MB_PYCALLBACK 0x400  /* ctx is a strong reference to a Python callable */
 #define MB_C_CONTIG 0x800    /* layout is C-contiguous */
 #define MB_F_CONTIG 0x1000   /* layout is Fortran-contiguous */
-#define MB_COMPACT 0x2000    /* 1-D contiguous "B": shape -> &nbytes, strides -> &itemsize */
+#define MB_COMPACT 0x2000    /* 1-D contiguous "B": the layout is implied (see below) */
 #define MB_SLICE 0x4000      /* owner is the parent Buffer, whose export we hold */
 #define MB_UNTRACKED_CALLABLE 0x8000 /* finalize untracked the Python callable in ctx */
 #define MB_TRACKED 0x10000   /* we called PyObject_GC_Track on this Buffer */
 #define MB_GC_DEFERRED 0x20000 /* with MB_PENDING: the GC finalized us under a live export */
 #define MB_HELD_EXPORT 0x40000 /* ctx is a membuf_held_export (traversed: view.obj, on_release) */
+#define MB_EXTENDED 0x80000  /* the object is a MemBufExtended (fixed at creation) */
+#define MB_GC_HEAD 0x100000  /* allocated with a GC header (fixed at creation; tp_is_gc) */
+
+/* Branch hints and a no-inline mark for the cold halves of hot functions. */
+#if defined(__GNUC__) || defined(__clang__)
+#define MB_LIKELY(x) __builtin_expect(!!(x), 1)
+#define MB_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define MB_LIKELY(x) (x)
+#define MB_UNLIKELY(x) (x)
+#endif
+#define MB_NOINLINE Py_NO_INLINE
 
 /*
- * A Buffer.  Invariants:
+ * A Buffer: two layouts of one type.
+ *
+ * Every Buffer starts with MemBufObject, the head: 64 bytes on a 64-bit
+ * build with the GIL (header 16, buf, nbytes, flags + exports, release,
+ * ctx, weakreflist).  A plain Buffer -- 1-D bytes over a non-NULL pointer,
+ * no owner, released as release(buf, nbytes, ctx) -- is the head alone.
+ * Everything else (an owner, a slice, a typed or strided layout, a held
+ * export, memory wider than the view, a NULL pointer) is a MemBufExtended
+ * (MB_EXTENDED), the head followed by the rest, then the shape and strides
+ * and the format.
+ *
+ * A GC header only where a cycle is possible (MB_GC_HEAD, answered by
+ * tp_is_gc): a Python callable in ctx, a held export with a Python
+ * on_release, or an owner of a GC type (MB_MAY_CYCLE; slices included, their
+ * owner is a Buffer).  An object of a type without GC support holds no
+ * reference back, by CPython's convention, so an owner such as bytes, an
+ * int, a NumPy array or object() needs none.  The free-threaded build gives
+ * every Buffer a GC header (its collector finds objects by their heap).
+ * MB_EXTENDED and MB_GC_HEAD never change after creation.  Objects with a GC
+ * header are tracked (MB_TRACKED) while they live; objects without one are
+ * freed with PyObject_Free and are the only ones the free list keeps.
+ *
+ * Invariants:
  *   - buf is element [0, ..., 0]; the layout (ndim, shape, strides, itemsize)
- *     only reaches [mem, mem + mem_len) of the memory the creator passed.
+ *     only reaches [mem, mem + mem_len) of the memory the creator passed
+ *     (a head-only Buffer: mem == buf != NULL, mem_len == nbytes).
  *   - nbytes == product(shape) * itemsize.
- *   - MB_COMPACT: format NULL ("B"), ndim 1, shape == &nbytes,
- *     strides == &itemsize, itemsize == 1.  Otherwise shape and strides point
- *     into the object's own trailing storage (ob_size bytes after the struct),
- *     followed by a NUL-terminated copy of format (NULL means "B").
+ *   - MB_COMPACT: format "B", ndim 1, shape {nbytes}, strides {1},
+ *     itemsize 1: the accessors below answer that from the head (shape is
+ *     &nbytes, strides is &membuf_unit_stride).  Every head-only Buffer is
+ *     compact.  Otherwise shape and strides point into the extended
+ *     object's own trailing storage, followed by a NUL-terminated copy of
+ *     format (NULL means "B").
  *   - exports counts live Py_buffer exports (each holds a reference to us,
- *     so dealloc never sees exports > 0).
+ *     so dealloc never sees exports > 0); at most MB_EXPORTS_MAX.
  *   - Ownership: until MB_RELEASED, we own `owner` (strong ref, may be NULL)
  *     and the duty to call release(mem, mem_len, ctx) once; with
  *     MB_PYCALLBACK, ctx is a strong ref to a Python callable instead; with
@@ -59,12 +96,7 @@
  *     another object (the owner) that release ends, then calls the Python
  *     on_release it may hold (from_buffer(), and Buffers rebuilt by pickle).
  *     Release clears all four fields *before* the callback runs.
- *   - GC: tracked only while owner or a Python callable could form a cycle:
- *     with a Python callable, or an owner of a GC type (MB_MAY_CYCLE; an
- *     object of a type without GC support holds no reference back, by
- *     CPython's convention, so an owner such as bytes, an int, a NumPy array
- *     or object() leaves the Buffer untracked).
- *     Every reference we hold is visited by tp_traverse, including the
+ *   - Every reference we hold is visited by tp_traverse, including the
  *     exporter behind a held export (view->obj): a cycle through any of them
  *     is collected like a cycle through a memoryview.
  *   - MB_PENDING: release() is owed as soon as exports drops to 0, either
@@ -78,23 +110,99 @@
  * list is off in the free-threaded build.
  */
 typedef struct {
-    PyObject_VAR_HEAD
+    PyObject_HEAD
     char *buf;
     Py_ssize_t nbytes;
+    int flags;
+    int exports;
+    MemBuf_ReleaseFunc release;
+    void *ctx;
+    PyObject *weakreflist;
+} MemBufObject;
+
+/* The rest of a Buffer that is more than plain bytes (MB_EXTENDED).  The
+ * type's tp_itemsize is 1: PyObject_GC_NewVar allocates these bytes after
+ * the head (it writes their count where a PyVarObject keeps ob_size, i.e.
+ * into buf, before the creator sets buf; nothing reads it back:
+ * __sizeof__ is ours). */
+typedef struct {
+    MemBufObject head;
+    PyObject *owner;
+    void *mem;
+    size_t mem_len;
     Py_ssize_t itemsize;
-    Py_ssize_t exports;
     Py_ssize_t *shape;
     Py_ssize_t *strides;
     char *format;
     int ndim;
-    int flags;
-    void *mem;
-    size_t mem_len;
-    MemBuf_ReleaseFunc release;
-    void *ctx;
-    PyObject *owner;
-    PyObject *weakreflist;
-} MemBufObject;
+} MemBufExtended;
+
+#define MB_EXPORTS_MAX INT_MAX
+
+/* The stride of every compact Buffer: read-only, shared. */
+extern const Py_ssize_t membuf_unit_stride;
+
+static inline MemBufExtended *
+membuf_ext(const MemBufObject *self)
+{
+    assert(self->flags & MB_EXTENDED);
+    return (MemBufExtended *)self;
+}
+
+#define MB_IS_EXTENDED(self) (((self)->flags & MB_EXTENDED) != 0)
+
+/* The layout, whichever the object's form (fields that never change). */
+static inline int
+membuf_ndim(const MemBufObject *self)
+{
+    return (self->flags & MB_COMPACT) ? 1 : membuf_ext(self)->ndim;
+}
+
+static inline Py_ssize_t
+membuf_itemsize(const MemBufObject *self)
+{
+    return (self->flags & MB_COMPACT) ? 1 : membuf_ext(self)->itemsize;
+}
+
+static inline Py_ssize_t *
+membuf_shape(MemBufObject *self)
+{
+    return (self->flags & MB_COMPACT) ? &self->nbytes : membuf_ext(self)->shape;
+}
+
+static inline Py_ssize_t *
+membuf_strides(MemBufObject *self)
+{
+    return (self->flags & MB_COMPACT) ? (Py_ssize_t *)&membuf_unit_stride
+                                      : membuf_ext(self)->strides;
+}
+
+/* The format as stored: NULL for "B". */
+static inline const char *
+membuf_format_or_null(const MemBufObject *self)
+{
+    return (self->flags & MB_COMPACT) ? NULL : membuf_ext(self)->format;
+}
+
+/* The memory the release callback gets back: release(mem, mem_len, ctx). */
+static inline void *
+membuf_mem(const MemBufObject *self)
+{
+    return MB_IS_EXTENDED(self) ? membuf_ext(self)->mem : self->buf;
+}
+
+static inline size_t
+membuf_mem_len(const MemBufObject *self)
+{
+    return MB_IS_EXTENDED(self) ? membuf_ext(self)->mem_len : (size_t)self->nbytes;
+}
+
+/* The owner (borrowed; NULL if none or released). */
+static inline PyObject *
+membuf_owner(const MemBufObject *self)
+{
+    return MB_IS_EXTENDED(self) ? membuf_ext(self)->owner : NULL;
+}
 
 /*
  * The type.  The default build defines it as a static PyTypeObject (the
@@ -145,7 +253,8 @@ PyObject *membuf_richcompare(PyObject *self, PyObject *other, int op);
 
 #define MemBuf_CheckExact(op) Py_IS_TYPE((op), MEMBUF_TYPE)
 
-/* Whether owner (may be NULL) can be part of a reference cycle. */
+/* Whether owner (may be NULL) can be part of a reference cycle: a Buffer
+ * holding it gets a GC header and is tracked. */
 #define MB_MAY_CYCLE(owner) ((owner) != NULL && PyType_IS_GC(Py_TYPE(owner)))
 
 /* A Buffer's lock: a per-object critical section in the free-threaded build
@@ -164,21 +273,42 @@ PyObject *membuf_richcompare(PyObject *self, PyObject *other, int op);
 
 /* The invariants above that one look at the fields can check (asserts are
  * on in the debug, sanitizer, valgrind and fuzz builds). */
-#define MB_ASSERT_FIELDS(self)                                                               \
-    do {                                                                                     \
-        assert((self)->exports >= 0);                                                        \
-        assert(!((self)->flags & MB_COMPACT) ||                                              \
-               ((self)->format == NULL && (self)->ndim == 1 && (self)->itemsize == 1 &&      \
-                (self)->shape == &(self)->nbytes && (self)->strides == &(self)->itemsize));  \
-        assert(!((self)->flags & MB_RELEASED) ||                                             \
-               ((self)->release == NULL && (self)->ctx == NULL && (self)->owner == NULL &&   \
-                !((self)->flags & (MB_PENDING | MB_GC_DEFERRED))));                          \
-        assert(!((self)->flags & MB_GC_DEFERRED) || ((self)->flags & MB_PENDING));           \
-        assert(((self)->flags & MB_RELEASED) || !((self)->flags & MB_SLICE) ||               \
-               ((self)->owner != NULL && MemBuf_CheckExact((self)->owner)));                 \
-        assert(((self)->flags & MB_RELEASED) ||                                              \
-               !((self)->flags & (MB_PYCALLBACK | MB_HELD_EXPORT)) || (self)->ctx != NULL);  \
-    } while (0)
+#define MB_ASSERT_FIELDS(self) membuf_assert_fields(self)
+static inline void
+membuf_assert_fields(const MemBufObject *self)
+{
+#ifndef NDEBUG
+    int flags = self->flags;
+    assert(self->exports >= 0);
+    assert(MB_IS_EXTENDED(self) || ((flags & MB_COMPACT) && self->buf != NULL));
+#ifndef Py_GIL_DISABLED
+    assert(MB_IS_EXTENDED(self) || !(flags & MB_GC_HEAD) || (flags & MB_PYCALLBACK) ||
+           (flags & MB_RELEASED));
+    assert(!(flags & MB_TRACKED) || (flags & MB_GC_HEAD));
+#endif
+    if (MB_IS_EXTENDED(self)) {
+        const MemBufExtended *ext = (const MemBufExtended *)self;
+        assert(!(flags & MB_COMPACT) ||
+               (ext->format == NULL && ext->ndim == 1 && ext->itemsize == 1 &&
+                ext->shape == &self->nbytes && ext->strides == &membuf_unit_stride));
+        assert(!(flags & MB_RELEASED) || ext->owner == NULL);
+        assert((flags & MB_RELEASED) || !(flags & MB_SLICE) ||
+               (ext->owner != NULL && Py_IS_TYPE(ext->owner, Py_TYPE(self))));
+        assert((flags & MB_RELEASED) || !(flags & MB_HELD_EXPORT) || ext->owner != NULL);
+    }
+    else {
+        assert(!(flags & (MB_SLICE | MB_HELD_EXPORT)));
+    }
+    assert(!(flags & MB_RELEASED) ||
+           (self->release == NULL && self->ctx == NULL &&
+            !(flags & (MB_PENDING | MB_GC_DEFERRED))));
+    assert(!(flags & MB_GC_DEFERRED) || (flags & MB_PENDING));
+    assert((flags & MB_RELEASED) || !(flags & (MB_PYCALLBACK | MB_HELD_EXPORT)) ||
+           self->ctx != NULL);
+#else
+    (void)self;
+#endif
+}
 #define MB_IS_RELEASED(self) (((self)->flags & MB_RELEASED) != 0)
 #define MB_REFUSES_WORK(self) (((self)->flags & (MB_RELEASED | MB_PENDING)) != 0)
 
@@ -224,6 +354,7 @@ PyObject *membuf_ssize_tuple(int n, const Py_ssize_t *values);
 
 /* lifetime.c: the type slots */
 void membuf_dealloc(MemBufObject *self);
+int membuf_is_gc(PyObject *self);
 int membuf_traverse(MemBufObject *self, visitproc visit, void *arg);
 int membuf_clear(MemBufObject *self);
 void membuf_finalize(MemBufObject *self);
@@ -243,7 +374,7 @@ void membuf_finalize(MemBufObject *self);
 /* The one constructor.  Steals the duty to release (contract 3): on failure
  * the release callback (or the Python callable, for MB_PYCALLBACK) has been
  * called and `owner` is untouched (borrowed).  Takes a new ref to owner. */
-PyObject *membuf_from_spec(const MemBuf_Spec *spec, int pycallback);
+PyObject *membuf_from_spec(const MemBuf_Spec *spec, int ctx_kind);
 
 /* MemBuf_FromMemory: the same as membuf_from_spec over a zeroed spec with
  * these fields, on a shorter path. */
@@ -263,7 +394,7 @@ void membuf_clear_freelist(void);
 /* The release duty for memory that never became a Buffer: calls
  * spec->release (or the Python callable in spec->ctx, reporting its error as
  * unraisable and dropping the reference).  Keeps any exception set. */
-void membuf_release_unwrapped(const MemBuf_Spec *spec, int pycallback);
+void membuf_release_unwrapped(const MemBuf_Spec *spec, int ctx_kind);
 
 /* A Buffer over elements of `parent` (a slice): holds an export of parent
  * and a reference to it, given back when the slice is released. */
@@ -284,14 +415,16 @@ typedef struct {
  * on_release reporting its error as unraisable, frees the struct. */
 void membuf_held_export_release(void *ptr, size_t len, void *ctx);
 
-/* A Buffer just created by membuf_from_spec_at() from a spec whose ctx is a
- * membuf_held_export and whose owner is the exporter: mark it so that its
- * release duty and tp_traverse know ctx. */
-void membuf_mark_held_export(MemBufObject *self);
+/* What ctx of a spec is, for membuf_from_spec_at(). */
+enum {
+    MB_CTX_C = 0,           /* the context of a C release callback */
+    MB_CTX_PYCALLABLE = 1,  /* a strong reference to a Python callable (MB_PYCALLBACK) */
+    MB_CTX_HELD_EXPORT = 2, /* a membuf_held_export; spec->owner is its exporter */
+};
 
 /* membuf_from_spec with element [0, ..., 0] at spec->ptr + offset (only
- * with explicit strides; membuf_check_layout). */
-PyObject *membuf_from_spec_at(const MemBuf_Spec *spec, int pycallback, Py_ssize_t offset);
+ * with explicit strides; membuf_check_layout), ctx of the given kind. */
+PyObject *membuf_from_spec_at(const MemBuf_Spec *spec, int ctx_kind, Py_ssize_t offset);
 
 /* release() semantics shared by Python and C: strict or deferred. */
 int membuf_release(MemBufObject *self, int defer);
@@ -370,7 +503,8 @@ PyObject *membuf_dlpack_device(MemBufObject *self, PyObject *unused);
 static inline const char *
 membuf_format(const MemBufObject *self)
 {
-    return self->format != NULL ? self->format : "B";
+    const char *format = membuf_format_or_null(self);
+    return format != NULL ? format : "B";
 }
 
 #endif /* MEMBUF_CORE_H */

@@ -254,7 +254,7 @@ dtype_of(const MemBufObject *self, DLDataType *dtype)
         return -1;
     }
     dtype->code = (uint8_t)kind;
-    dtype->bits = (uint8_t)(self->itemsize * 8); /* itemsize <= 16 here */
+    dtype->bits = (uint8_t)(membuf_itemsize(self) * 8); /* itemsize <= 16 here */
     dtype->lanes = 1;
     return 0;
 }
@@ -271,25 +271,25 @@ static int
 fill_dims(const MemBufObject *self, int contiguous_copy, int64_t *shape, int64_t *strides)
 {
     int64_t c_stride = 1;
-    for (int i = self->ndim - 1; i >= 0; i--) {
-        Py_ssize_t stride = self->strides[i];
-        shape[i] = self->shape[i];
-        if (contiguous_copy || self->shape[i] <= 1 || self->nbytes == 0) {
+    for (int i = membuf_ndim(self) - 1; i >= 0; i--) {
+        Py_ssize_t stride = membuf_strides(self)[i];
+        shape[i] = membuf_shape(self)[i];
+        if (contiguous_copy || membuf_shape(self)[i] <= 1 || self->nbytes == 0) {
             strides[i] = c_stride;
         }
-        else if (stride % self->itemsize != 0) {
+        else if (stride % membuf_itemsize(self) != 0) {
             PyErr_Format(PyExc_BufferError,
                          "membuf.Buffer: stride %zd of dimension %d is not a multiple of the item "
-                         "size %zd; DLPack counts strides in items", stride, i, self->itemsize);
+                         "size %zd; DLPack counts strides in items", stride, i, membuf_itemsize(self));
             return -1;
         }
         else {
-            strides[i] = stride / self->itemsize;
+            strides[i] = stride / membuf_itemsize(self);
         }
         /* Bounded by the memory unless the layout is empty; then the
          * strides are never used and only must not overflow. */
-        if (self->shape[i] > 1 && c_stride <= INT64_MAX / self->shape[i]) {
-            c_stride *= self->shape[i];
+        if (membuf_shape(self)[i] > 1 && c_stride <= INT64_MAX / membuf_shape(self)[i]) {
+            c_stride *= membuf_shape(self)[i];
         }
     }
     return 0;
@@ -360,7 +360,7 @@ membuf_dlpack(MemBufObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
 
-    int ndim = self->ndim;
+    int ndim = membuf_ndim(self);
     dlpack_export *ex = PyMem_Calloc(1, sizeof(dlpack_export) + 2 * (size_t)ndim *
                                                                        sizeof(int64_t));
     if (ex == NULL) {

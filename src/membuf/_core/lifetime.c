@@ -6,8 +6,9 @@
  * once -- on failure right away, on success at the first release, deferred
  * release or deallocation -- and it drops `owner` right after that call.
  * release_now() is the only place that duty is discharged (every release,
- * deallocation and the GC included); the invariants of core.h are asserted
- * on every path in and out of it.
+ * deallocation and the GC included) but for one fused fast path of
+ * membuf_dealloc (a plain Buffer nothing can reach any more); the
+ * invariants of core.h are asserted on every path in and out of it.
  */
 #include "core.h"
 
@@ -17,62 +18,92 @@
  * consumer ever sees buf == NULL (memcpy(dst, NULL, 0) is undefined). */
 static char membuf_empty[1];
 
-/* A free list of compact Buffers: wrapping plain bytes is the hot path of
- * every user.  Objects on it are untracked, own nothing, and keep the
- * invariant fields of a compact Buffer (see alloc_compact).  In the limited
- * build they also keep their reference to the heap type. */
+const Py_ssize_t membuf_unit_stride = 1;
+
+/* ------------------------------------------------------------------------ */
+/* Allocation and the free list                                             */
+/* ------------------------------------------------------------------------ */
+
+/* A free list of head-only Buffers without a GC header (core.h): wrapping
+ * plain bytes is the hot path of every user.  Objects on it own nothing,
+ * have exports 0 and no weak reference; their flags say released.  In the
+ * limited build they also keep their reference to the heap type. */
 #define MB_FREELIST_MAX MEMBUF_FREELIST_MAX
 static MemBufObject *freelist[MB_FREELIST_MAX > 0 ? MB_FREELIST_MAX : 1];
 static int freelist_len = 0;
 
-/* A compact Buffer with its invariant fields set: shape -> &nbytes,
- * strides -> &itemsize == 1, ndim 1, format NULL, exports 0, no weakrefs.
- * The caller sets buf, nbytes, flags, mem, mem_len, release, ctx, owner. */
-static MemBufObject *
-alloc_compact(void)
+/* A head-only Buffer without a GC header, from the free list: a new
+ * reference as for a new object (as CPython's own free lists do: refcount
+ * 1, the debug counts, and tracemalloc's allocation site). */
+static inline MemBufObject *
+freelist_pop(void)
 {
-    MemBufObject *self;
-    if (freelist_len > 0) {
-        self = freelist[--freelist_len];
-        /* A new reference as for a new object (as CPython's own free lists
-         * do): refcount 1, the debug counts, and tracemalloc's allocation
-         * site.  The GC header is already right (untracked). */
+    assert(freelist_len > 0);
+    MemBufObject *self = freelist[--freelist_len];
 #if !defined(Py_LIMITED_API) && !defined(Py_GIL_DISABLED)
-        _Py_NewReference((PyObject *)self); /* what PyObject_Init does, less the type */
+    _Py_NewReference((PyObject *)self); /* what PyObject_Init does, less the type */
 #else
-        (void)PyObject_Init((PyObject *)self, MEMBUF_TYPE);
+    (void)PyObject_Init((PyObject *)self, MEMBUF_TYPE);
 #ifdef Py_LIMITED_API
-        Py_DECREF(MEMBUF_TYPE); /* it kept its type reference on the free list */
+    Py_DECREF(MEMBUF_TYPE); /* it kept its type reference on the free list */
 #endif
 #endif
-        assert(self->exports == 0 && self->weakreflist == NULL && self->format == NULL);
-        assert(self->ndim == 1 && self->itemsize == 1);
-        assert(self->shape == &self->nbytes && self->strides == &self->itemsize);
-        return self;
-    }
-    self = PyObject_GC_NewVar(MemBufObject, MEMBUF_TYPE, 0);
-    if (self != NULL) {
-        self->itemsize = 1;
-        self->exports = 0;
-        self->shape = &self->nbytes;
-        self->strides = &self->itemsize;
-        self->format = NULL;
-        self->ndim = 1;
-        self->weakreflist = NULL;
-    }
+    assert(self->exports == 0 && self->weakreflist == NULL);
+    assert(!(self->flags & (MB_EXTENDED | MB_GC_HEAD)));
     return self;
 }
 
+/* A new object of `size` bytes (the head, or more for an extended one),
+ * with a GC header if `gc`.  Sets exports, weakreflist and the two form
+ * bits of flags; nothing else. */
+static MemBufObject *
+alloc_object(size_t size, int gc)
+{
+    MemBufObject *self;
+    assert(size >= sizeof(MemBufObject));
+#ifdef Py_GIL_DISABLED
+    gc = 1; /* core.h: every Buffer has a GC header here */
+#endif
+    if (gc) {
+        /* tp_itemsize is 1: the bytes after the head. */
+        self = PyObject_GC_NewVar(MemBufObject, MEMBUF_TYPE,
+                                  (Py_ssize_t)(size - sizeof(MemBufObject)));
+        if (self == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        self = PyObject_Malloc(size);
+        if (self == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        (void)PyObject_Init((PyObject *)self, MEMBUF_TYPE);
+    }
+    self->exports = 0;
+    self->weakreflist = NULL;
+    self->flags = (size > sizeof(MemBufObject) ? MB_EXTENDED : 0) | (gc ? MB_GC_HEAD : 0);
+    return self;
+}
+
+/* Give an object's memory back (its fields are done with). */
 static void
 free_object(MemBufObject *self)
 {
-    /* A GC-finalized object keeps that mark in its GC header: not reusable. */
-    if ((self->flags & MB_COMPACT) && freelist_len < MB_FREELIST_MAX &&
-        !((self->flags & MB_TRACKED) && PyObject_GC_IsFinalized((PyObject *)self))) {
-        freelist[freelist_len++] = self;
-        return;
+    int flags = self->flags;
+    if (flags & MB_GC_HEAD) {
+        PyObject_GC_Del(self);
     }
-    PyObject_GC_Del(self);
+    else {
+#if MB_FREELIST_MAX > 0
+        if (!(flags & MB_EXTENDED) && freelist_len < MB_FREELIST_MAX) {
+            assert(self->exports == 0 && self->weakreflist == NULL && MB_IS_RELEASED(self));
+            freelist[freelist_len++] = self;
+            return;
+        }
+#endif
+        PyObject_Free(self);
+    }
 #ifdef Py_LIMITED_API
     Py_DECREF(MEMBUF_TYPE); /* instances of a heap type own a reference to it */
 #endif
@@ -82,60 +113,91 @@ void
 membuf_clear_freelist(void)
 {
     while (freelist_len > 0) {
-        PyObject_GC_Del(freelist[--freelist_len]);
+        PyObject_Free(freelist[--freelist_len]);
 #ifdef Py_LIMITED_API
         Py_DECREF(MEMBUF_TYPE);
 #endif
     }
 }
 
-/* Allocate a Buffer with room for ndim shape and stride entries and a copy
- * of format (none of it for a compact "B" buffer).  Every field is set;
- * nothing is owned yet. */
+/* A new Buffer with every field set and nothing owned: the head alone
+ * (`extended` 0: plain bytes; the caller sets buf, nbytes, release, ctx and
+ * the rest of flags), or the extended layout with room for ndim shape and
+ * stride entries and a copy of format (none of it for a compact layout,
+ * which is set here: the caller sets buf, nbytes, mem, mem_len, owner). */
 static MemBufObject *
-membuf_alloc(int compact, int ndim, const char *format)
+membuf_alloc(int extended, int gc, int compact, int ndim, const char *format)
 {
     MemBufObject *self;
-    if (compact) {
-        self = alloc_compact();
-        if (self == NULL) {
-            return NULL;
+    if (!extended) {
+        assert(compact);
+#if MB_FREELIST_MAX > 0
+        if (!gc && freelist_len > 0) {
+            self = freelist_pop();
+            self->flags = 0;
         }
+        else
+#endif
+        {
+            self = alloc_object(sizeof(MemBufObject), gc);
+            if (self == NULL) {
+                return NULL;
+            }
+        }
+        self->flags |= MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
     }
     else {
-        size_t format_size = format != NULL ? strlen(format) + 1 : 0;
-        Py_ssize_t extra = (Py_ssize_t)(2 * (size_t)ndim * sizeof(Py_ssize_t) + format_size);
-        self = PyObject_GC_NewVar(MemBufObject, MEMBUF_TYPE, extra);
+        size_t format_size = compact || format == NULL ? 0 : strlen(format) + 1;
+        size_t storage = compact ? 0 : 2 * (size_t)ndim * sizeof(Py_ssize_t) + format_size;
+        self = alloc_object(sizeof(MemBufExtended) + storage, gc);
         if (self == NULL) {
             return NULL;
         }
-        self->itemsize = 1;
-        self->exports = 0;
-        self->ndim = ndim;
-        self->weakreflist = NULL;
-        Py_ssize_t *storage = (Py_ssize_t *)(self + 1);
-        self->shape = storage;
-        self->strides = storage + ndim;
-        if (format != NULL) {
-            self->format = (char *)(storage + 2 * ndim);
-            memcpy(self->format, format, format_size);
+        MemBufExtended *ext = membuf_ext(self);
+        ext->owner = NULL;
+        ext->mem = NULL;
+        ext->mem_len = 0;
+        if (compact) {
+            ext->itemsize = 1;
+            ext->ndim = 1;
+            ext->shape = &self->nbytes;
+            ext->strides = (Py_ssize_t *)&membuf_unit_stride;
+            ext->format = NULL;
+            self->flags |= MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
         }
         else {
-            self->format = NULL;
+            Py_ssize_t *trailing = (Py_ssize_t *)(ext + 1);
+            ext->itemsize = 1;
+            ext->ndim = ndim;
+            ext->shape = trailing;
+            ext->strides = trailing + ndim;
+            ext->format = NULL;
+            if (format != NULL) {
+                ext->format = (char *)(trailing + 2 * ndim);
+                memcpy(ext->format, format, format_size);
+            }
         }
     }
     self->buf = NULL;
     self->nbytes = 0;
-    self->flags = 0;
-    self->mem = NULL;
-    self->mem_len = 0;
     self->release = NULL;
     self->ctx = NULL;
-    self->owner = NULL;
     return self;
 }
 
-/* Call the release duty for memory that never became a Buffer (contract 3). */
+/* Track a Buffer with a GC header once its fields are set. */
+static inline void
+track(MemBufObject *self)
+{
+    assert(self->flags & MB_GC_HEAD);
+    self->flags |= MB_TRACKED;
+    PyObject_GC_Track(self);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Creation                                                                 */
+/* ------------------------------------------------------------------------ */
+
 /* Call a Python on_release; -1 with its exception set (raise mode), or its
  * exception reported as unraisable (unraisable mode, which also keeps any
  * exception already set).  Consumes the reference to callable; re-tracks it
@@ -169,9 +231,9 @@ call_python_release(PyObject *callable, int unraisable, int retrack)
 }
 
 void
-membuf_release_unwrapped(const MemBuf_Spec *spec, int pycallback)
+membuf_release_unwrapped(const MemBuf_Spec *spec, int ctx_kind)
 {
-    if (pycallback) {
+    if (ctx_kind == MB_CTX_PYCALLABLE) {
         (void)call_python_release((PyObject *)spec->ctx, 1, 0);
     }
     else if (spec->release != NULL) {
@@ -179,44 +241,38 @@ membuf_release_unwrapped(const MemBuf_Spec *spec, int pycallback)
     }
 }
 
-/* The fields of a compact Buffer over plain bytes (alloc_compact set the
- * layout fields); the caller sets owner. */
-static inline void
-set_plain(MemBufObject *self, const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc release,
-          void *ctx)
+/* The cold half of membuf_from_memory: anything but "a free-list object
+ * over a non-NULL pointer with valid arguments". */
+static MB_NOINLINE PyObject *
+from_memory_cold(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc release, void *ctx)
 {
-    self->buf = ptr != NULL ? (char *)ptr : membuf_empty;
-    self->nbytes = (Py_ssize_t)len;
-    self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT | flags;
-    self->mem = (void *)ptr;
-    self->mem_len = len;
-    self->release = release;
-    self->ctx = ctx;
+    MemBuf_Spec spec = {0};
+    spec.ptr = ptr;
+    spec.len = len;
+    spec.flags = flags;
+    spec.release = release;
+    spec.ctx = ctx;
+    return membuf_from_spec(&spec, MB_CTX_C);
 }
 
+/* The hot path of every C user: a free-list object, five stores. */
 PyObject *
 membuf_from_memory(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc release, void *ctx)
 {
-    if ((flags & ~MB_PUBLIC_CREATION_FLAGS) || len > (size_t)PY_SSIZE_T_MAX ||
-        (ptr == NULL && len > 0)) {
-        MemBuf_Spec spec = {0}; /* let the general path raise the precise error */
-        spec.ptr = ptr;
-        spec.len = len;
-        spec.flags = flags;
-        spec.release = release;
-        spec.ctx = ctx;
-        return membuf_from_spec(&spec, 0);
+#if MB_FREELIST_MAX > 0
+    if (MB_LIKELY(freelist_len > 0 && ptr != NULL && len <= (size_t)PY_SSIZE_T_MAX &&
+                  !(flags & ~MB_PUBLIC_CREATION_FLAGS))) {
+        MemBufObject *self = freelist_pop();
+        self->buf = (char *)ptr;
+        self->nbytes = (Py_ssize_t)len;
+        self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT | flags;
+        self->release = release;
+        self->ctx = ctx;
+        MB_ASSERT_FIELDS(self);
+        return (PyObject *)self;
     }
-    MemBufObject *self = alloc_compact();
-    if (self == NULL) {
-        if (release != NULL) {
-            release((void *)ptr, len, ctx);
-        }
-        return NULL;
-    }
-    set_plain(self, ptr, len, flags, release, ctx);
-    self->owner = NULL;
-    return (PyObject *)self;
+#endif
+    return from_memory_cold(ptr, len, flags, release, ctx);
 }
 
 PyObject *
@@ -224,37 +280,47 @@ membuf_new_plain(const void *ptr, size_t len, int flags, PyObject *owner, PyObje
 {
     assert(!(flags & ~MB_PUBLIC_CREATION_FLAGS) && len <= (size_t)PY_SSIZE_T_MAX);
     assert(ptr != NULL || len == 0);
-    MemBufObject *self = alloc_compact();
+    int gc = callable != NULL || MB_MAY_CYCLE(owner);
+    int extended = owner != NULL || ptr == NULL;
+    MemBufObject *self = membuf_alloc(extended, gc, 1, 1, NULL);
     if (self == NULL) {
         if (callable != NULL) {
             (void)call_python_release(callable, 1, 0);
         }
         return NULL;
     }
-    set_plain(self, ptr, len, flags, NULL, callable);
-    self->owner = Py_XNewRef(owner);
+    self->buf = ptr != NULL ? (char *)ptr : membuf_empty;
+    self->nbytes = (Py_ssize_t)len;
+    self->flags |= flags;
+    self->ctx = callable;
     if (callable != NULL) {
         self->flags |= MB_PYCALLBACK;
     }
-    if (callable != NULL || MB_MAY_CYCLE(owner)) {
-        self->flags |= MB_TRACKED;
-        PyObject_GC_Track(self);
+    if (extended) {
+        MemBufExtended *ext = membuf_ext(self);
+        ext->mem = (void *)ptr;
+        ext->mem_len = len;
+        ext->owner = Py_XNewRef(owner);
+    }
+    MB_ASSERT_FIELDS(self);
+    if (gc) {
+        track(self);
     }
     return (PyObject *)self;
 }
 
 PyObject *
-membuf_from_spec(const MemBuf_Spec *spec, int pycallback)
+membuf_from_spec(const MemBuf_Spec *spec, int ctx_kind)
 {
-    return membuf_from_spec_at(spec, pycallback, 0);
+    return membuf_from_spec_at(spec, ctx_kind, 0);
 }
 
 PyObject *
-membuf_from_spec_at(const MemBuf_Spec *spec, int pycallback, Py_ssize_t offset)
+membuf_from_spec_at(const MemBuf_Spec *spec, int ctx_kind, Py_ssize_t offset)
 {
     Py_ssize_t shape[MEMBUF_MAX_NDIM], strides[MEMBUF_MAX_NDIM];
-    Py_ssize_t itemsize, nbytes;
-    int ndim;
+    Py_ssize_t itemsize = 1, nbytes;
+    int ndim = 1, compact;
     const char *format;
     MemBufObject *self;
 
@@ -279,52 +345,59 @@ membuf_from_spec_at(const MemBuf_Spec *spec, int pycallback, Py_ssize_t offset)
     if (format == NULL && spec->shape == NULL && spec->strides == NULL &&
         (spec->ndim == 0 || spec->ndim == 1) && offset == 0) {
         /* The common case: plain bytes. */
-        self = membuf_alloc(1, 1, NULL);
-        if (self == NULL) {
-            goto fail;
-        }
-        self->nbytes = (Py_ssize_t)spec->len;
-        self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
+        compact = 1;
+        nbytes = (Py_ssize_t)spec->len;
     }
     else {
         if (membuf_check_layout(spec, format, offset, &ndim, shape, strides, &itemsize,
                                 &nbytes) < 0) {
             goto fail;
         }
-        int compact = format == NULL && ndim == 1 && (strides[0] == 1 || shape[0] <= 1);
-        self = membuf_alloc(compact, ndim, format);
-        if (self == NULL) {
-            goto fail;
+        compact = format == NULL && ndim == 1 && (strides[0] == 1 || shape[0] <= 1);
+    }
+    /* The head alone: plain bytes over all of the memory, nothing held. */
+    int extended = !(compact && offset == 0 && nbytes == (Py_ssize_t)spec->len &&
+                     spec->ptr != NULL && spec->owner == NULL);
+    int gc = ctx_kind == MB_CTX_PYCALLABLE || MB_MAY_CYCLE(spec->owner) ||
+             (ctx_kind == MB_CTX_HELD_EXPORT &&
+              ((membuf_held_export *)spec->ctx)->on_release != NULL);
+    self = membuf_alloc(extended, gc, compact, ndim, format);
+    if (self == NULL) {
+        goto fail;
+    }
+    self->nbytes = nbytes;
+    if (extended) {
+        MemBufExtended *ext = membuf_ext(self);
+        if (!compact) {
+            ext->itemsize = itemsize;
+            memcpy(ext->shape, shape, (size_t)ndim * sizeof(Py_ssize_t));
+            memcpy(ext->strides, strides, (size_t)ndim * sizeof(Py_ssize_t));
+            self->flags |= membuf_layout_flags(ndim, shape, strides, itemsize);
         }
-        self->itemsize = itemsize;
-        self->nbytes = nbytes;
-        if (compact) {
-            self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
-        }
-        else {
-            memcpy(self->shape, shape, (size_t)ndim * sizeof(Py_ssize_t));
-            memcpy(self->strides, strides, (size_t)ndim * sizeof(Py_ssize_t));
-            self->flags = membuf_layout_flags(ndim, shape, strides, itemsize);
-        }
+        ext->mem = (void *)spec->ptr;
+        ext->mem_len = spec->len;
+        ext->owner = Py_XNewRef(spec->owner);
     }
     self->flags |= spec->flags;
-    self->mem = (void *)spec->ptr;
-    self->mem_len = spec->len;
     self->buf = spec->ptr != NULL ? (char *)spec->ptr + offset : membuf_empty;
     self->release = spec->release;
     self->ctx = spec->ctx;
-    if (pycallback) {
+    if (ctx_kind == MB_CTX_PYCALLABLE) {
         self->flags |= MB_PYCALLBACK;
     }
-    self->owner = Py_XNewRef(spec->owner);
-    if (pycallback || MB_MAY_CYCLE(self->owner)) {
-        self->flags |= MB_TRACKED;
-        PyObject_GC_Track(self);
+    else if (ctx_kind == MB_CTX_HELD_EXPORT) {
+        assert(spec->ctx != NULL && spec->owner != NULL); /* the exporter is the owner */
+        assert(spec->release == membuf_held_export_release);
+        self->flags |= MB_HELD_EXPORT;
+    }
+    MB_ASSERT_FIELDS(self);
+    if (gc) {
+        track(self);
     }
     return (PyObject *)self;
 
 fail:
-    membuf_release_unwrapped(spec, pycallback);
+    membuf_release_unwrapped(spec, ctx_kind);
     return NULL;
 }
 
@@ -336,24 +409,34 @@ PyObject *
 membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *shape,
                 const Py_ssize_t *strides)
 {
-    int compact = parent->format == NULL && ndim == 1 && (strides[0] == 1 || shape[0] <= 1);
-    MemBufObject *self = membuf_alloc(compact, ndim, parent->format);
+    const char *format = membuf_format_or_null(parent);
+    Py_ssize_t itemsize = membuf_itemsize(parent);
+    int compact = format == NULL && ndim == 1 && (strides[0] == 1 || shape[0] <= 1);
+    /* Extended (it holds its parent as owner), with a GC header (the owner
+     * is a Buffer: the trashcan of long chains needs it too). */
+    MemBufObject *self = membuf_alloc(1, 1, compact, ndim, format);
     if (self == NULL) {
         return NULL;
     }
     /* Allocating may have run a collection, and finalizers that released the
      * parent: check again, in the same locked step that takes the export. */
-    int refused;
+    int refused, too_many;
     MB_LOCK(parent);
     refused = MB_REFUSES_WORK(parent);
-    if (!refused) {
+    too_many = parent->exports >= MB_EXPORTS_MAX;
+    if (!refused && !too_many) {
         parent->exports++; /* this slice's, ended by its release */
     }
     MB_UNLOCK();
-    if (refused) {
-        self->flags = (compact ? MB_COMPACT : 0) | MB_RELEASED; /* owns nothing */
+    if (refused || too_many) {
+        self->flags |= MB_RELEASED; /* owns nothing */
         Py_DECREF(self);
-        membuf_refuse(parent);
+        if (refused) {
+            membuf_refuse(parent);
+        }
+        else {
+            PyErr_SetString(PyExc_BufferError, "membuf.Buffer: too many exports");
+        }
         return NULL;
     }
     /* A sub-layout of a valid layout: the product of a non-empty shape is
@@ -368,40 +451,23 @@ membuf_new_view(MemBufObject *parent, char *buf, int ndim, const Py_ssize_t *sha
     for (int i = 0; i < ndim && nitems != 0; i++) {
         nitems *= shape[i];
     }
+    MemBufExtended *ext = membuf_ext(self);
     self->buf = buf;
-    self->itemsize = parent->itemsize;
-    self->nbytes = nitems * parent->itemsize;
-    if (compact) {
-        self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
-    }
-    else {
-        memcpy(self->shape, shape, (size_t)ndim * sizeof(Py_ssize_t));
-        memcpy(self->strides, strides, (size_t)ndim * sizeof(Py_ssize_t));
-        self->flags = membuf_layout_flags(ndim, shape, strides, parent->itemsize);
+    self->nbytes = nitems * itemsize;
+    if (!compact) {
+        ext->itemsize = itemsize;
+        memcpy(ext->shape, shape, (size_t)ndim * sizeof(Py_ssize_t));
+        memcpy(ext->strides, strides, (size_t)ndim * sizeof(Py_ssize_t));
+        self->flags |= membuf_layout_flags(ndim, shape, strides, itemsize);
     }
     self->flags |= parent->flags & MEMBUF_WRITABLE;
     self->flags |= MB_SLICE;
-    self->mem = buf;
-    self->mem_len = (size_t)self->nbytes;
-    self->owner = Py_NewRef((PyObject *)parent);
-    self->flags |= MB_TRACKED;
-    PyObject_GC_Track(self);
+    ext->mem = buf;
+    ext->mem_len = (size_t)self->nbytes;
+    ext->owner = Py_NewRef((PyObject *)parent);
+    MB_ASSERT_FIELDS(self);
+    track(self);
     return (PyObject *)self;
-}
-
-void
-membuf_mark_held_export(MemBufObject *self)
-{
-    assert(!MB_IS_RELEASED(self) && self->ctx != NULL);
-    assert(!(self->flags & (MB_PYCALLBACK | MB_SLICE)));
-    assert(self->owner != NULL); /* the exporter is the owner */
-    assert(self->release == membuf_held_export_release);
-    self->flags |= MB_HELD_EXPORT;
-    /* A cycle may also run through the Python on_release it holds. */
-    if (!(self->flags & MB_TRACKED) && ((membuf_held_export *)self->ctx)->on_release != NULL) {
-        self->flags |= MB_TRACKED;
-        PyObject_GC_Track(self);
-    }
 }
 
 /* The duty of a held export: end it, free the struct, then call on_release
@@ -470,15 +536,18 @@ take_duty(MemBufObject *self, release_duty *duty)
     MB_ASSERT_FIELDS(self);
     duty->flags = self->flags;
     duty->release = self->release;
-    duty->mem = self->mem;
-    duty->mem_len = self->mem_len;
+    duty->mem = membuf_mem(self);
+    duty->mem_len = membuf_mem_len(self);
     duty->ctx = self->ctx;
-    duty->owner = self->owner;
+    duty->owner = NULL;
     /* Mark first: whatever the callback does, it sees a released Buffer. */
     self->flags = MB_RELEASED_FLAGS(self->flags);
     self->release = NULL;
     self->ctx = NULL;
-    self->owner = NULL;
+    if (MB_IS_EXTENDED(self)) {
+        duty->owner = membuf_ext(self)->owner;
+        membuf_ext(self)->owner = NULL;
+    }
 }
 
 /* If self's deferred release waits for nothing any more, take its duty
@@ -573,17 +642,22 @@ release_now(MemBufObject *self, int unraisable)
         MB_ASSERT_FIELDS(self);
         MemBuf_ReleaseFunc release = self->release;
         void *ctx = self->ctx;
-        PyObject *owner = self->owner;
+        void *mem = membuf_mem(self);
+        size_t mem_len = membuf_mem_len(self);
+        PyObject *owner = NULL;
         self->flags = MB_RELEASED_FLAGS(flags);
         self->release = NULL;
         self->ctx = NULL;
-        self->owner = NULL;
+        if (flags & MB_EXTENDED) {
+            owner = membuf_ext(self)->owner;
+            membuf_ext(self)->owner = NULL;
+        }
         int rc = 0;
         if (flags & MB_PYCALLBACK) {
             rc = call_python_release(ctx, unraisable, (flags & MB_UNTRACKED_CALLABLE) != 0);
         }
         else if (release != NULL) {
-            release(self->mem, self->mem_len, ctx);
+            release(mem, mem_len, ctx);
         }
         Py_XDECREF(owner); /* may run any code: the Buffer is released already */
         return rc;
@@ -608,7 +682,7 @@ membuf_release(MemBufObject *self, int defer)
         }
         else {
             PyErr_Format(PyExc_BufferError,
-                         "membuf.Buffer has %zd exported buffer%s; release %s first, "
+                         "membuf.Buffer has %d exported buffer%s; release %s first, "
                          "or call release(defer=True)",
                          self->exports, self->exports == 1 ? "" : "s",
                          self->exports == 1 ? "it" : "them");
@@ -687,13 +761,15 @@ postpone_dealloc(MemBufObject *self)
 }
 #endif
 
-void
-membuf_dealloc(MemBufObject *self)
+/* Everything but the fast path of membuf_dealloc. */
+static MB_NOINLINE void
+dealloc_cold(MemBufObject *self)
 {
     if (self->flags & MB_TRACKED) {
         PyObject_GC_UnTrack(self);
     }
-    if (self->owner == NULL || !MemBuf_CheckExact(self->owner)) {
+    PyObject *owner = membuf_owner(self);
+    if (owner == NULL || !MemBuf_CheckExact(owner)) {
         /* Drops no Buffer directly: an owner that holds Buffers in turn
          * deallocates through its own type's trashcan, if it is a container. */
         dealloc_body(self);
@@ -723,13 +799,48 @@ membuf_dealloc(MemBufObject *self)
 #endif
 }
 
+void
+membuf_dealloc(MemBufObject *self)
+{
+    int flags = self->flags;
+    /* The fused fast path: a head-only Buffer without a GC header (so with a
+     * C callback or none: core.h), not released, no weak reference.  Nothing
+     * can reach it any more -- refcount 0, no weak reference, no collector
+     * sees it -- so the duty is done without marking it first (what
+     * release_now would do), and the object goes back to the free list
+     * marked released. */
+    if (MB_LIKELY(!(flags & (MB_EXTENDED | MB_GC_HEAD | MB_RELEASED)) &&
+                  self->weakreflist == NULL)) {
+        assert(self->exports == 0); /* every export holds a reference to us */
+        assert(!(flags & (MB_PYCALLBACK | MB_PENDING | MB_SLICE | MB_HELD_EXPORT)));
+        MB_ASSERT_FIELDS(self);
+        MemBuf_ReleaseFunc release = self->release;
+        if (release != NULL) {
+            release(self->buf, (size_t)self->nbytes, self->ctx);
+        }
+        self->flags = MB_RELEASED;
+        self->release = NULL;
+        self->ctx = NULL;
+        free_object(self);
+        return;
+    }
+    dealloc_cold(self);
+}
+
+/* tp_is_gc: whether this object has a GC header (core.h). */
+int
+membuf_is_gc(PyObject *self)
+{
+    return (((MemBufObject *)self)->flags & MB_GC_HEAD) != 0;
+}
+
 int
 membuf_traverse(MemBufObject *self, visitproc visit, void *arg)
 {
 #ifdef Py_LIMITED_API
     Py_VISIT(Py_TYPE((PyObject *)self)); /* instances of a heap type visit it */
 #endif
-    Py_VISIT(self->owner);
+    Py_VISIT(membuf_owner(self));
     if (self->flags & MB_PYCALLBACK) {
         Py_VISIT((PyObject *)self->ctx);
     }

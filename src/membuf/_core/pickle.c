@@ -90,7 +90,7 @@ membuf_reduce_ex(MemBufObject *self, PyObject *protocol_obj)
         goto done; /* no further calls with an exception set */
     }
     format = PyUnicode_FromString(membuf_format(self));
-    shape = format != NULL ? membuf_ssize_tuple(self->ndim, self->shape) : NULL;
+    shape = format != NULL ? membuf_ssize_tuple(membuf_ndim(self), membuf_shape(self)) : NULL;
     if (shape == NULL) {
         goto done;
     }
