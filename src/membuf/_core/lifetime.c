@@ -24,22 +24,40 @@ const Py_ssize_t membuf_unit_stride = 1;
 /* Allocation and the free list                                             */
 /* ------------------------------------------------------------------------ */
 
-/* A free list of head-only Buffers without a GC header (core.h): wrapping
- * plain bytes is the hot path of every user.  Objects on it own nothing,
- * have exports 0 and no weak reference; their flags say released.  In the
- * limited build they also keep their reference to the heap type. */
+/* Free lists of compact Buffers, one per form: the head alone or extended
+ * (then with an owner), each with or without a GC header (core.h).  Every
+ * compact object of a form has the same size.  Wrapping plain bytes is the
+ * hot path of every user (form 0, the head alone, no GC header); an owner
+ * or a Python on_release are the next ones.  Objects on a list own
+ * nothing, have exports 0 and no weak reference, are untracked, and their
+ * flags say released.  In the limited build they also keep their reference
+ * to the heap type. */
 #define MB_FREELIST_MAX MEMBUF_FREELIST_MAX
-static MemBufObject *freelist[MB_FREELIST_MAX > 0 ? MB_FREELIST_MAX : 1];
-static int freelist_len = 0;
+#define MB_FORMS 4
+#define MB_FORM(extended, gc) (((extended) ? 1 : 0) | ((gc) ? 2 : 0))
+#define MB_FORM_OF(flags) MB_FORM((flags) & MB_EXTENDED, (flags) & MB_GC_HEAD)
+static MemBufObject *freelist[MB_FORMS][MB_FREELIST_MAX > 0 ? MB_FREELIST_MAX : 1];
+static int freelist_len[MB_FORMS];
 
-/* A head-only Buffer without a GC header, from the free list: a new
- * reference as for a new object (as CPython's own free lists do: refcount
- * 1, the debug counts, and tracemalloc's allocation site). */
+/* A compact Buffer of a form, taken off its free list; then revived by
+ * new_reference() once its fields are set. */
 static inline MemBufObject *
-freelist_pop(void)
+freelist_pop(int form)
 {
-    assert(freelist_len > 0);
-    MemBufObject *self = freelist[--freelist_len];
+    assert(freelist_len[form] > 0);
+    MemBufObject *self = freelist[form][--freelist_len[form]];
+    assert(self->exports == 0 && self->weakreflist == NULL);
+    assert(MB_FORM_OF(self->flags) == form && (self->flags & MB_COMPACT));
+    assert(!(self->flags & MB_TRACKED) || !PyObject_GC_IsTracked((PyObject *)self));
+    return self;
+}
+
+/* A new reference to an object from a free list, as for a new object (as
+ * CPython's own free lists do: refcount 1, the debug counts, and what
+ * tracemalloc keeps).  Returns it. */
+static inline PyObject *
+new_reference(MemBufObject *self)
+{
 #if !defined(Py_LIMITED_API) && !defined(Py_GIL_DISABLED)
     _Py_NewReference((PyObject *)self); /* what PyObject_Init does, less the type */
 #else
@@ -48,9 +66,7 @@ freelist_pop(void)
     Py_DECREF(MEMBUF_TYPE); /* it kept its type reference on the free list */
 #endif
 #endif
-    assert(self->exports == 0 && self->weakreflist == NULL);
-    assert(!(self->flags & (MB_EXTENDED | MB_GC_HEAD)));
-    return self;
+    return (PyObject *)self;
 }
 
 /* A new object of `size` bytes (the head, or more for an extended one),
@@ -61,9 +77,6 @@ alloc_object(size_t size, int gc)
 {
     MemBufObject *self;
     assert(size >= sizeof(MemBufObject));
-#ifdef Py_GIL_DISABLED
-    gc = 1; /* core.h: every Buffer has a GC header here */
-#endif
     if (gc) {
         /* tp_itemsize is 1: the bytes after the head. */
         self = PyObject_GC_NewVar(MemBufObject, MEMBUF_TYPE,
@@ -86,22 +99,28 @@ alloc_object(size_t size, int gc)
     return self;
 }
 
-/* Give an object's memory back (its fields are done with). */
+/* Give an object's memory back (its fields are done with): onto its free
+ * list if it is compact and there is room (and, with a GC header, the GC
+ * never finalized it: that mark stays in the header). */
 static void
 free_object(MemBufObject *self)
 {
     int flags = self->flags;
+#if MB_FREELIST_MAX > 0
+    if (flags & MB_COMPACT) {
+        int form = MB_FORM_OF(flags);
+        if (freelist_len[form] < MB_FREELIST_MAX &&
+            !((flags & MB_GC_HEAD) && PyObject_GC_IsFinalized((PyObject *)self))) {
+            assert(self->exports == 0 && self->weakreflist == NULL && MB_IS_RELEASED(self));
+            freelist[form][freelist_len[form]++] = self;
+            return;
+        }
+    }
+#endif
     if (flags & MB_GC_HEAD) {
         PyObject_GC_Del(self);
     }
     else {
-#if MB_FREELIST_MAX > 0
-        if (!(flags & MB_EXTENDED) && freelist_len < MB_FREELIST_MAX) {
-            assert(self->exports == 0 && self->weakreflist == NULL && MB_IS_RELEASED(self));
-            freelist[freelist_len++] = self;
-            return;
-        }
-#endif
         PyObject_Free(self);
     }
 #ifdef Py_LIMITED_API
@@ -112,11 +131,19 @@ free_object(MemBufObject *self)
 void
 membuf_clear_freelist(void)
 {
-    while (freelist_len > 0) {
-        PyObject_Free(freelist[--freelist_len]);
+    for (int form = 0; form < MB_FORMS; form++) {
+        while (freelist_len[form] > 0) {
+            MemBufObject *self = freelist[form][--freelist_len[form]];
+            if (form & 2) {
+                PyObject_GC_Del(self);
+            }
+            else {
+                PyObject_Free(self);
+            }
 #ifdef Py_LIMITED_API
-        Py_DECREF(MEMBUF_TYPE);
+            Py_DECREF(MEMBUF_TYPE);
 #endif
+        }
     }
 }
 
@@ -129,30 +156,33 @@ static MemBufObject *
 membuf_alloc(int extended, int gc, int compact, int ndim, const char *format)
 {
     MemBufObject *self;
-    if (!extended) {
-        assert(compact);
-#if MB_FREELIST_MAX > 0
-        if (!gc && freelist_len > 0) {
-            self = freelist_pop();
-            self->flags = 0;
-        }
-        else
+    size_t format_size = compact || format == NULL ? 0 : strlen(format) + 1;
+    assert(extended || compact);
+#ifdef Py_GIL_DISABLED
+    gc = 1; /* core.h: every Buffer has a GC header here */
 #endif
-        {
-            self = alloc_object(sizeof(MemBufObject), gc);
-            if (self == NULL) {
-                return NULL;
-            }
-        }
-        self->flags |= MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
+#if MB_FREELIST_MAX > 0
+    int form = MB_FORM(extended, gc);
+    if (compact && freelist_len[form] > 0) {
+        self = freelist_pop(form);
+        (void)new_reference(self);
+        self->flags = (extended ? MB_EXTENDED : 0) | (gc ? MB_GC_HEAD : 0);
     }
-    else {
-        size_t format_size = compact || format == NULL ? 0 : strlen(format) + 1;
-        size_t storage = compact ? 0 : 2 * (size_t)ndim * sizeof(Py_ssize_t) + format_size;
-        self = alloc_object(sizeof(MemBufExtended) + storage, gc);
+    else
+#endif
+    {
+        size_t size = !extended ? sizeof(MemBufObject)
+                      : sizeof(MemBufExtended) +
+                            (compact ? 0 : 2 * (size_t)ndim * sizeof(Py_ssize_t) + format_size);
+        self = alloc_object(size, gc);
         if (self == NULL) {
             return NULL;
         }
+    }
+    if (!extended) {
+        self->flags |= MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
+    }
+    else {
         MemBufExtended *ext = membuf_ext(self);
         ext->owner = NULL;
         ext->mem = NULL;
@@ -260,16 +290,17 @@ PyObject *
 membuf_from_memory(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc release, void *ctx)
 {
 #if MB_FREELIST_MAX > 0
-    if (MB_LIKELY(freelist_len > 0 && ptr != NULL && len <= (size_t)PY_SSIZE_T_MAX &&
+    if (MB_LIKELY(freelist_len[0] > 0 && ptr != NULL && len <= (size_t)PY_SSIZE_T_MAX &&
                   !(flags & ~MB_PUBLIC_CREATION_FLAGS))) {
-        MemBufObject *self = freelist_pop();
+        MemBufObject *self = freelist_pop(MB_FORM(0, 0));
         self->buf = (char *)ptr;
         self->nbytes = (Py_ssize_t)len;
         self->flags = MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT | flags;
         self->release = release;
         self->ctx = ctx;
         MB_ASSERT_FIELDS(self);
-        return (PyObject *)self;
+        /* Last, with only self live: the arguments need no saving across it. */
+        return new_reference(self);
     }
 #endif
     return from_memory_cold(ptr, len, flags, release, ctx);
@@ -818,9 +849,15 @@ membuf_dealloc(MemBufObject *self)
         if (release != NULL) {
             release(self->buf, (size_t)self->nbytes, self->ctx);
         }
-        self->flags = MB_RELEASED;
+        self->flags = MB_RELEASED | MB_COMPACT;
         self->release = NULL;
         self->ctx = NULL;
+#if MB_FREELIST_MAX > 0
+        if (freelist_len[0] < MB_FREELIST_MAX) {
+            freelist[0][freelist_len[0]++] = self;
+            return;
+        }
+#endif
         free_object(self);
         return;
     }
