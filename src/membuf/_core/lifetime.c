@@ -35,6 +35,13 @@ const Py_ssize_t membuf_unit_stride = 1;
 #define MB_FREELIST_MAX MEMBUF_FREELIST_MAX
 #define MB_FORMS 4
 #define MB_FORM(extended, gc) (((extended) ? 1 : 0) | ((gc) ? 2 : 0))
+/* Whether a Buffer that needs a GC header for cycles (`gc`) gets one:
+ * always in the free-threaded build (core.h). */
+#ifdef Py_GIL_DISABLED
+#define MB_WITH_GC_HEAD(gc) 1
+#else
+#define MB_WITH_GC_HEAD(gc) (gc)
+#endif
 #define MB_FORM_OF(flags) MB_FORM((flags) & MB_EXTENDED, (flags) & MB_GC_HEAD)
 static MemBufObject *freelist[MB_FORMS][MB_FREELIST_MAX > 0 ? MB_FREELIST_MAX : 1];
 static int freelist_len[MB_FORMS];
@@ -77,6 +84,7 @@ alloc_object(size_t size, int gc)
 {
     MemBufObject *self;
     assert(size >= sizeof(MemBufObject));
+    gc = MB_WITH_GC_HEAD(gc);
     if (gc) {
         /* tp_itemsize is 1: the bytes after the head. */
         self = PyObject_GC_NewVar(MemBufObject, MEMBUF_TYPE,
@@ -147,6 +155,43 @@ membuf_clear_freelist(void)
     }
 }
 
+/* A compact Buffer of a form, from its free list or new, with the layout
+ * fields of an extended one set (they never change, and objects on a free
+ * list keep them), owner NULL, flags its form and layout bits; the caller
+ * sets buf, nbytes, release, ctx (and mem, mem_len, owner if extended). */
+static inline MemBufObject *
+alloc_compact(int extended, int gc)
+{
+    MemBufObject *self;
+    gc = MB_WITH_GC_HEAD(gc);
+#if MB_FREELIST_MAX > 0
+    int form = MB_FORM(extended, gc);
+    if (freelist_len[form] > 0) {
+        self = freelist_pop(form);
+        (void)new_reference(self);
+        self->flags = (extended ? MB_EXTENDED : 0) | (gc ? MB_GC_HEAD : 0) | MB_C_CONTIG |
+                      MB_F_CONTIG | MB_COMPACT;
+        assert(!extended || membuf_ext(self)->owner == NULL);
+        return self;
+    }
+#endif
+    self = alloc_object(extended ? sizeof(MemBufExtended) : sizeof(MemBufObject), gc);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->flags |= MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
+    if (extended) {
+        MemBufExtended *ext = membuf_ext(self);
+        ext->owner = NULL;
+        ext->itemsize = 1;
+        ext->ndim = 1;
+        ext->shape = &self->nbytes;
+        ext->strides = (Py_ssize_t *)&membuf_unit_stride;
+        ext->format = NULL;
+    }
+    return self;
+}
+
 /* A new Buffer with every field set and nothing owned: the head alone
  * (`extended` 0: plain bytes; the caller sets buf, nbytes, release, ctx and
  * the rest of flags), or the extended layout with room for ndim shape and
@@ -156,46 +201,26 @@ static MemBufObject *
 membuf_alloc(int extended, int gc, int compact, int ndim, const char *format)
 {
     MemBufObject *self;
-    size_t format_size = compact || format == NULL ? 0 : strlen(format) + 1;
     assert(extended || compact);
-#ifdef Py_GIL_DISABLED
-    gc = 1; /* core.h: every Buffer has a GC header here */
-#endif
-#if MB_FREELIST_MAX > 0
-    int form = MB_FORM(extended, gc);
-    if (compact && freelist_len[form] > 0) {
-        self = freelist_pop(form);
-        (void)new_reference(self);
-        self->flags = (extended ? MB_EXTENDED : 0) | (gc ? MB_GC_HEAD : 0);
-    }
-    else
-#endif
-    {
-        size_t size = !extended ? sizeof(MemBufObject)
-                      : sizeof(MemBufExtended) +
-                            (compact ? 0 : 2 * (size_t)ndim * sizeof(Py_ssize_t) + format_size);
-        self = alloc_object(size, gc);
+    if (compact) {
+        self = alloc_compact(extended, gc);
         if (self == NULL) {
             return NULL;
         }
     }
-    if (!extended) {
-        self->flags |= MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
-    }
     else {
+        size_t format_size = format == NULL ? 0 : strlen(format) + 1;
+        self = alloc_object(sizeof(MemBufExtended) + 2 * (size_t)ndim * sizeof(Py_ssize_t) +
+                                format_size,
+                            gc);
+        if (self == NULL) {
+            return NULL;
+        }
         MemBufExtended *ext = membuf_ext(self);
         ext->owner = NULL;
         ext->mem = NULL;
         ext->mem_len = 0;
-        if (compact) {
-            ext->itemsize = 1;
-            ext->ndim = 1;
-            ext->shape = &self->nbytes;
-            ext->strides = (Py_ssize_t *)&membuf_unit_stride;
-            ext->format = NULL;
-            self->flags |= MB_C_CONTIG | MB_F_CONTIG | MB_COMPACT;
-        }
-        else {
+        {
             Py_ssize_t *trailing = (Py_ssize_t *)(ext + 1);
             ext->itemsize = 1;
             ext->ndim = ndim;
@@ -313,7 +338,7 @@ membuf_new_plain(const void *ptr, size_t len, int flags, PyObject *owner, PyObje
     assert(ptr != NULL || len == 0);
     int gc = callable != NULL || MB_MAY_CYCLE(owner);
     int extended = owner != NULL || ptr == NULL;
-    MemBufObject *self = membuf_alloc(extended, gc, 1, 1, NULL);
+    MemBufObject *self = alloc_compact(extended, gc);
     if (self == NULL) {
         if (callable != NULL) {
             (void)call_python_release(callable, 1, 0);
@@ -323,6 +348,7 @@ membuf_new_plain(const void *ptr, size_t len, int flags, PyObject *owner, PyObje
     self->buf = ptr != NULL ? (char *)ptr : membuf_empty;
     self->nbytes = (Py_ssize_t)len;
     self->flags |= flags;
+    self->release = NULL;
     self->ctx = callable;
     if (callable != NULL) {
         self->flags |= MB_PYCALLBACK;
