@@ -30,7 +30,8 @@ const Py_ssize_t membuf_unit_stride = 1;
  * hot path of every user (form 0, the head alone, no GC header); an owner
  * or a Python on_release are the next ones.  Objects on a list own
  * nothing, have exports 0 and no weak reference, are untracked, and their
- * flags say released.  In the limited build they also keep their reference
+ * flags say released (release and ctx may be stale: whoever revives one
+ * sets them).  In the limited build they also keep their reference
  * to the heap type. */
 #define MB_FREELIST_MAX MEMBUF_FREELIST_MAX
 #define MB_FORMS 4
@@ -74,6 +75,25 @@ new_reference(MemBufObject *self)
 #endif
 #endif
     return (PyObject *)self;
+}
+
+/* new_reference() for a head-only Buffer without a GC header.  Before
+ * 3.13, in a release build, _Py_NewReference only sets the refcount and
+ * offers the object to tracemalloc, which looks for it a GC header's size
+ * before the object (by type), where an object without one has no trace:
+ * setting the refcount is all it does.  3.13 adds reference tracers
+ * (PyRefTracer_SetTracer), which must see every new object: the call stays. */
+static inline PyObject *
+new_reference_plain(MemBufObject *self)
+{
+    assert(!(self->flags & MB_GC_HEAD));
+#if !defined(Py_LIMITED_API) && PY_VERSION_HEX < 0x030D0000 && !defined(Py_REF_DEBUG) && \
+    !defined(Py_TRACE_REFS)
+    Py_SET_REFCNT((PyObject *)self, 1);
+    return (PyObject *)self;
+#else
+    return new_reference(self);
+#endif
 }
 
 /* A new object of `size` bytes (the head, or more for an extended one),
@@ -325,7 +345,7 @@ membuf_from_memory(const void *ptr, size_t len, int flags, MemBuf_ReleaseFunc re
         self->ctx = ctx;
         MB_ASSERT_FIELDS(self);
         /* Last, with only self live: the arguments need no saving across it. */
-        return new_reference(self);
+        return new_reference_plain(self);
     }
 #endif
     return from_memory_cold(ptr, len, flags, release, ctx);
@@ -875,9 +895,7 @@ membuf_dealloc(MemBufObject *self)
         if (release != NULL) {
             release(self->buf, (size_t)self->nbytes, self->ctx);
         }
-        self->flags = MB_RELEASED | MB_COMPACT;
-        self->release = NULL;
-        self->ctx = NULL;
+        self->flags = MB_RELEASED | MB_COMPACT; /* release and ctx: set by whoever revives it */
 #if MB_FREELIST_MAX > 0
         if (freelist_len[0] < MB_FREELIST_MAX) {
             freelist[0][freelist_len[0]++] = self;
