@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Instructions per operation, counted by valgrind's callgrind: independent
 of machine load, so it explains a missed target on a noisy machine.
-Optional (needs valgrind); not part of run.py.
+Needs valgrind.  run.py calls c_rows() (when valgrind is installed) to put
+the C-level counts beside its ns/op tables and judge the instruction targets.
 
     python benchmarks/callgrind.py [N]
 
@@ -10,7 +11,8 @@ C-level rows: for each C loop a child process runs under
 instructions (Ir) of the loop divided by N, and the top functions inside it.
 
 Python-level rows (the constructors, beside their peers): each statement
-runs in a Python loop N and 2N times, each in a child under callgrind; the
+runs in a Python loop inside a function (its names are locals, bound as
+default arguments, so no global-dict lookups are counted) N and 2N times, each in a child under callgrind; the
 difference of the two totals divided by N is the statement's cost plus one
 turn of the loop (an empty loop is the first row).  The issue targets are
 printed as met / missed: owner= <= 1.3x and on_release= <= 1.6x the plain
@@ -57,34 +59,85 @@ n = {n}
 """
 
 
+# Where each CASES row sits in run.py's results: (section, row key).
+RUN_KEYS = {
+    "membuf wrap + drop, callback": ("c_wrap", "membuf"),
+    "membuf wrap + drop, no callback": ("c_wrap", "membuf_nocallback"),
+    "PyMemoryView_FromMemory + drop": ("c_wrap", "memoryview"),
+    "floor: PyObject_New + drop": ("c_wrap", "floor"),
+    "export cycle SIMPLE: membuf": ("c_export_simple", "membuf"),
+    "export cycle SIMPLE: bytes": ("c_export_simple", "bytes"),
+    "export cycle SIMPLE: memoryview": ("c_export_simple", "memoryview"),
+    "Cython cdef class wrap + drop": ("c_wrap", "cython_class"),
+    "NumPy SimpleNewFromData + capsule": ("c_wrap", "numpy"),
+}
+
+
+def _one_case(build_dir: pathlib.Path, mod: str, sym: str, call: str, n: int):
+    """Run one CASES row under callgrind: (instructions/op | None, top lines, error)."""
+    out = build_dir / f"cg.{mod}.{sym}.{abs(hash(call))}.out"
+    code = CHILD.format(here=str(HERE), mod=mod, build=str(build_dir), n=n, call=call)
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+         f"--toggle-collect={sym}", sys.executable, "-c", code],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0 or not out.exists():
+        return None, [], f"callgrind failed: {proc.stderr[-500:]}"
+    ann = subprocess.run(["callgrind_annotate", "--inclusive=no", str(out)],
+                         capture_output=True, text=True).stdout
+    total = re.search(r"^([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", ann, re.M)
+    if not total:
+        return None, [], "callgrind_annotate printed no PROGRAM TOTALS"
+    ir = int(total.group(1).replace(",", ""))
+    body = ann.split("file:function", 1)[-1].splitlines()[1:8]
+    return ir / n, [ln.strip()[:110] for ln in body if ln.strip().strip("-")], None
+
+
+def c_rows(build_dir: pathlib.Path, mods: dict, missing: dict, n: int = 100_000,
+           log=None, details: dict | None = None) -> dict:
+    """Instructions per operation of every CASES row, measured on the
+    extensions already built in build_dir (run.build_all).  Returns
+    {label: instructions/op, or None if the row could not be measured};
+    the reason a row is None, and the top functions of each measured row,
+    go to `details` ({label: {"error": str} or {"top": [lines]}}) if given.
+    The children run in parallel (instruction counts do not depend on load)."""
+    import concurrent.futures
+    import os
+
+    results, details = {}, details if details is not None else {}
+    jobs = {}
+    workers = max(1, min(len(CASES), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for label, mod, sym, call in CASES:
+            if mod not in mods:
+                results[label] = None
+                details[label] = {"error": f"missing ({missing.get(mod)})"}
+                continue
+            jobs[label] = pool.submit(_one_case, build_dir, mod, sym, call, n)
+        for label, job in jobs.items():
+            ir, top, err = job.result()
+            results[label] = ir
+            details[label] = {"error": err} if err else {"top": top}
+            if log and err:
+                log(f"!! callgrind {label}: {err}")
+    return {label: results[label] for label, *_ in CASES}
+
+
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     with tempfile.TemporaryDirectory() as tmp:
         build = pathlib.Path(tmp)
         mods, missing = run.build_all(build, print)
-        for label, mod, sym, call in CASES:
-            if mod not in mods:
-                print(f"{label:40s} missing ({missing.get(mod)})")
+        details = {}
+        rows = c_rows(build, mods, missing, n, details=details)
+        for label, ir in rows.items():
+            if ir is None:
+                print(f"{label:40s} {details[label]['error']}")
                 continue
-            out = build / f"cg.{sym}.out"
-            code = CHILD.format(here=str(HERE), mod=mod, build=str(build), n=n, call=call)
-            proc = subprocess.run(
-                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                 f"--toggle-collect={sym}", sys.executable, "-c", code],
-                capture_output=True, text=True,
-            )
-            if proc.returncode != 0 or not out.exists():
-                print(f"{label:40s} callgrind failed: {proc.stderr[-500:]}")
-                continue
-            ann = subprocess.run(["callgrind_annotate", "--inclusive=no", str(out)],
-                                 capture_output=True, text=True).stdout
-            total = re.search(r"^([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", ann, re.M)
-            ir = int(total.group(1).replace(",", "")) if total else 0
-            print(f"{label:40s} {ir / n:8.1f} instructions/op")
-            body = ann.split("file:function", 1)[-1].splitlines()[1:8]
-            for line in body:
-                if line.strip():
-                    print("      " + line.strip()[:110])
+            print(f"{label:40s} {ir:8.1f} instructions/op")
+            for line in details[label]["top"]:
+                print("      " + line)
 
 
 PY_CASES = [
@@ -102,14 +155,18 @@ PY_CASES = [
     ("pa.py_buffer(bytes)", "import pyarrow as pa; b = bytes(4096)", "pa.py_buffer(b)"),
 ]
 
+# The statement runs inside a function with every name it may use bound as
+# a default argument (a local), so no global-dict lookup is in the count.
 PY_CHILD = """
 import ctypes, membuf
 blk = ctypes.create_string_buffer(4096); a = ctypes.addressof(blk)
+o = f = b = pa = None
 {setup}
-for _ in range({warm}):
-    {stmt}
-for _ in range({n}):
-    {stmt}
+def run(n, a=a, o=o, f=f, b=b, membuf=membuf, ctypes=ctypes, pa=pa):
+    for _ in range(n):
+        {stmt}
+run({warm})
+run({n})
 """
 
 

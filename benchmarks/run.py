@@ -31,6 +31,7 @@ import mmap
 import os
 import pathlib
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,6 +70,8 @@ class Config:
         self.rss_size = 4 * MiB if smoke else 4 * GiB
         self.sha_size = 4 * MiB if smoke else GiB
         self.sha_repeat = 3 if smoke else 5
+        # callgrind children (instructions/op); 0 = not measured (smoke runs)
+        self.callgrind_n = 0 if smoke else 100_000
 
 
 # --------------------------------------------------------------------------
@@ -634,6 +637,35 @@ def section_memory(cfg, mods, missing, build_dir, log):
     return rows
 
 
+def section_callgrind(cfg, mods, missing, build_dir, res, log):
+    """Instructions per operation of the C loops (benchmarks/callgrind.py),
+    on the extensions already built; attached to the c_wrap / c_export_simple
+    rows as `instr`.  Not measured (never silently met) without valgrind or
+    in --smoke runs."""
+    sys.path.insert(0, str(HERE))
+    import callgrind
+
+    out = {"n": None, "instructions": {label: None for label, *_ in callgrind.CASES},
+           "errors": {}, "not_measured": None}
+    if cfg.callgrind_n <= 0:
+        out["not_measured"] = "not measured in --smoke mode"
+    elif not (shutil.which("valgrind") and shutil.which("callgrind_annotate")):
+        out["not_measured"] = "valgrind / callgrind_annotate not installed"
+    if out["not_measured"]:
+        log(f"callgrind: {out['not_measured']}")
+        return out
+    out["n"] = cfg.callgrind_n
+    details = {}
+    out["instructions"] = callgrind.c_rows(build_dir, mods, missing, cfg.callgrind_n, log=log,
+                                           details=details)
+    out["errors"] = {k: v["error"] for k, v in details.items() if "error" in v}
+    for label, (section, key) in callgrind.RUN_KEYS.items():
+        for r in res.get(section, []):
+            if r.key == key:
+                r.instr = out["instructions"].get(label)
+    return out
+
+
 def section_scale(cfg, mods, log, region_addr, copy_addr):
     """Wrap cost vs size (C loop + from_address) and the bytes copy."""
     import membuf
@@ -799,10 +831,11 @@ def compute_targets(res):
     def ratio(a, b):
         return a / b if (a is not None and b) else None
 
-    def add(name, measured, limit, detail, strict=False, of_minima=None):
+    def add(name, measured, limit, detail, strict=False, of_minima=None, na=None):
         met = None if measured is None else (measured < limit if strict else measured <= limit)
         out.append({"target": name, "measured": measured, "limit": limit, "met": met,
-                    "detail": detail, "strict": strict, "ratio_of_minima": of_minima})
+                    "detail": detail, "strict": strict, "ratio_of_minima": of_minima,
+                    "not_measured": None if measured is not None else (na or "peer missing")})
 
     def rows_target(name, rows, peer, limit, detail, strict=False):
         add(name, ratio(_med(rows, "membuf"), _med(rows, peer)), limit, detail, strict,
@@ -833,8 +866,30 @@ def compute_targets(res):
     rows_target("membuf.from_address / fastest other Python-level peer", pw, fastest, 1.0,
                 f"fastest peer: {fastest}; missing: "
                 f"{', '.join(sorted(set(others) - set(present))) or 'none'}", strict=True)
+    add("Bytes per live plain Buffer (from_address)", _med(res["memory"], "membuf"), 72.0,
+        "tracemalloc, bytes/object")
     rows_target("Bytes per live object: membuf / memoryview + managed buffer", res["memory"],
-                "memoryview_frommemory", 0.5, "tracemalloc")
+                "memoryview_frommemory", 0.23, "tracemalloc")
+    cg = res.get("callgrind") or {}
+    cg_ir, cg_na = cg.get("instructions", {}), cg.get("not_measured")
+    cg_detail = f"callgrind, N = {cg.get('n')}" if cg.get("n") else "callgrind"
+
+    def cg_value(label):
+        return cg_ir.get(label)
+
+    def cg_reason(*labels):
+        if cg_na:
+            return cg_na
+        errs = [f"{lb}: {cg.get('errors', {}).get(lb, 'not measured')}" for lb in labels
+                if cg_value(lb) is None]
+        return "; ".join(errs) or None
+
+    wrap = "membuf wrap + drop, callback"
+    add("Instructions per C wrap + drop with a release callback", cg_value(wrap), 80.0, cg_detail,
+        na=cg_reason(wrap))
+    em, eb = "export cycle SIMPLE: membuf", "export cycle SIMPLE: bytes"
+    add("Export cycle (PyBUF_SIMPLE) instructions: membuf / bytes",
+        ratio(cg_value(em), cg_value(eb)), 1.05, cg_detail, na=cg_reason(em, eb))
     sc = res["scale"]
     small, big = sc[0], sc[-1]
     add(f"Wrap cost at {fmt_size(big['size'])} / at {fmt_size(small['size'])}",
@@ -923,25 +978,47 @@ def render_markdown(info, res, targets, cfg):
     L.append("| Target | measured | limit | result | minima | detail |")
     L.append("|---|---|---|---|---|---|")
     for t in targets:
-        res_s = "n/a (peer missing)" if t["met"] is None else ("met" if t["met"] else "**MISSED**")
+        res_s = (f"n/a ({t['not_measured']})" if t["met"] is None
+                 else ("met" if t["met"] else "**MISSED**"))
         meas = "-" if t["measured"] is None else f"{t['measured']:.3f}"
         mins = "-" if t["ratio_of_minima"] is None else f"{t['ratio_of_minima']:.3f}"
         lim = ("< " if t["strict"] else "≤ ") + f"{t['limit']}"
         L.append(f"| {t['target']} | {meas} | {lim} | {res_s} | {mins} | {t['detail']} |")
     L.append("")
+    cg = res.get("callgrind") or {}
+    ir_col = ("instructions/op (callgrind)",
+              lambda r: f"{r.instr:.1f}" if getattr(r, "instr", None) is not None else "-")
     L.append("## C level: wrap + drop (ns/op, C loop)")
     L.append("")
-    L += rows_table(res["c_wrap"], "ns/op")
+    L += rows_table(res["c_wrap"], "ns/op", extra=ir_col)
     L.append("")
     L.append("## C level: one export cycle, PyObject_GetBuffer + PyBuffer_Release (ns/op)")
     L.append("")
     L.append("PyBUF_SIMPLE:")
     L.append("")
-    L += rows_table(res["c_export_simple"], "ns/op")
+    L += rows_table(res["c_export_simple"], "ns/op", extra=ir_col)
     L.append("")
     L.append("PyBUF_FULL_RO:")
     L.append("")
     L += rows_table(res["c_export_full"], "ns/op")
+    L.append("")
+    L.append("## C level: instructions per operation (callgrind)")
+    L.append("")
+    if cg.get("not_measured"):
+        L.append(f"Not measured: {cg['not_measured']}.")
+    else:
+        L.append(f"`valgrind --tool=callgrind --toggle-collect=<C loop>`, N = {cg['n']:,} "
+                 "operations per child (benchmarks/callgrind.py); independent of machine load.")
+        L.append("")
+        base = cg["instructions"].get("membuf wrap + drop, callback")
+        L.append("| row | instructions/op | × membuf wrap + drop, callback |")
+        L.append("|---|---|---|")
+        for label, ir in cg["instructions"].items():
+            if ir is None:
+                L.append(f"| {label} | **not measured**: "
+                         f"{cg['errors'].get(label, '?').replace('|', '/')[:200]} | - |")
+            else:
+                L.append(f"| {label} | {ir:.1f} | {f'{ir / base:.2f}×' if base else '-'} |")
     L.append("")
     L.append(f"## Python level: wrap an address, {res['py_wrap_size']} bytes (ns per call, timeit)")
     L.append("")
@@ -1039,6 +1116,8 @@ def rows_json(rows):
             d["samples"] = r.samples
             if hasattr(r, "malloc"):
                 d["all_heap"] = r.malloc
+            if getattr(r, "instr", None) is not None:
+                d["instructions_per_op"] = r.instr
         d["lifetime"] = r.lifetime
         out.append(d)
     base = next((d.get("median") for d in out if d["key"] == "membuf"), None)
@@ -1134,6 +1213,8 @@ def main(argv=None):
         res["sha"] = section_sha(cfg, log, src, src_addr)
         src.close()
 
+        res["callgrind"] = section_callgrind(cfg, mods, missing, build_dir, res, log)
+
         # every release callback ran exactly once per wrap (sanity, not speed)
         released = mods["bench_capi"].release_count()
 
@@ -1180,11 +1261,12 @@ def main(argv=None):
     print()
     print("TARGETS (membuf / peer):")
     for t in targets:
-        state = "n/a (peer missing)" if t["met"] is None else ("met" if t["met"] else "MISSED")
+        state = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
         meas = "-" if t["measured"] is None else f"{t['measured']:.3f}"
         op = "<" if t["strict"] else "<="
         mins = "" if t["ratio_of_minima"] is None else f"  (minima: {t['ratio_of_minima']:.3f})"
-        print(f"  {state:>18}  {meas:>7} {op} {t['limit']:<4} {t['target']}{mins}")
+        why = f"  [not measured: {t['not_measured']}]" if t["met"] is None else ""
+        print(f"  {state:>6}  {meas:>7} {op} {t['limit']:<4} {t['target']}{mins}{why}")
     if problems:
         print("\nPROBLEMS (the benchmark itself is broken; speed is never a problem):")
         for p in problems:
