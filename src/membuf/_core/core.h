@@ -71,9 +71,12 @@
  * reference back, by CPython's convention, so an owner such as bytes, an
  * int, a NumPy array or object() needs none.  The free-threaded build gives
  * every Buffer a GC header (its collector finds objects by their heap).
- * MB_EXTENDED and MB_GC_HEAD never change after creation.  Objects with a GC
- * header are tracked (MB_TRACKED) while they live; objects without one are
- * freed with PyObject_Free and are the only ones the free list keeps.
+ * MB_EXTENDED and MB_GC_HEAD never change after creation.  Buffers that can
+ * close a cycle are tracked (MB_TRACKED) while they live (with the GIL,
+ * exactly those with a GC header; in the free-threaded build, where every
+ * Buffer has one, only those).  Objects with a GC header are freed with
+ * PyObject_GC_Del, the others with PyObject_Free; the free lists keep
+ * compact objects of each form (lifetime.c).
  *
  * Invariants:
  *   - buf is element [0, ..., 0]; the layout (ndim, shape, strides, itemsize)
