@@ -155,7 +155,8 @@ def test_a_recycled_buffer_gets_the_bookkeeping_of_a_new_object():
     del first  # onto the free list
     buf = membuf.from_address(address, 8)
     assert id(buf) == first_address, "expected the recycled object"
-    assert sys.getrefcount(buf) == 2  # buf, and getrefcount's argument
+    probe = object()  # a new object held the same way: its count is the expected one
+    assert sys.getrefcount(buf) == sys.getrefcount(probe)  # (3.14 counts arguments as borrowed)
     assert not buf.released and buf.exports == 0
 
 
