@@ -140,6 +140,7 @@ def test_a_resurrected_cycle_says_why_its_release_is_pending():
     assert calls == [1]
 
 
+@pytest.mark.thread_unsafe(reason="the free list is process-wide: other threads take its objects")
 @pytest.mark.skipif(membuf._membuf._FREELIST_MAX == 0, reason="this build has no free list "
                     "(sanitizer, fuzz and free-threaded builds): nothing is recycled")
 def test_a_recycled_buffer_gets_the_bookkeeping_of_a_new_object():
@@ -160,6 +161,7 @@ def test_a_recycled_buffer_gets_the_bookkeeping_of_a_new_object():
     assert not buf.released and buf.exports == 0
 
 
+@pytest.mark.thread_unsafe(reason="tracemalloc.start() and stop() are process-wide")
 @pytest.mark.skipif(sys.maxsize < 2**32 or sysconfig.get_config_var("Py_GIL_DISABLED"),
                     reason="the 64-byte head is the layout of 64-bit builds with the GIL")
 def test_tracemalloc_counts_a_plain_buffer_at_64_bytes_where_it_was_made():
@@ -186,6 +188,7 @@ def test_tracemalloc_counts_a_plain_buffer_at_64_bytes_where_it_was_made():
     assert (stat.count_diff, stat.size_diff) == (n, 64 * n)
 
 
+@pytest.mark.thread_unsafe(reason="tracemalloc.start() and stop() are process-wide")
 def test_tracemalloc_names_the_site_of_a_buffer_with_a_gc_header():
     block = ctypes.create_string_buffer(8)
     tracemalloc.start()
