@@ -198,8 +198,11 @@ def test_tracemalloc_names_the_site_of_a_buffer_with_a_gc_header():
     finally:
         tracemalloc.stop()
     assert tb is not None
-    assert tb[0].lineno == (
-        test_tracemalloc_names_the_site_of_a_buffer_with_a_gc_header.__code__.co_firstlineno + 4)
+    lines, first = inspect.getsourcelines(
+        test_tracemalloc_names_the_site_of_a_buffer_with_a_gc_header)
+    (lineno,) = [first + k for k, text in enumerate(lines)
+                 if text.lstrip().startswith("buf = membuf.from_address(")]
+    assert tb[0].lineno == lineno
 
 
 # The DLPack deleter that hung inside a subinterpreter (export_free() called
