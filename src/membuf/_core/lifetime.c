@@ -127,6 +127,22 @@ alloc_object(size_t size, int gc)
     return self;
 }
 
+/* Free an object for good, as it was allocated (alloc_object): with or
+ * without a GC header. */
+static void
+give_back_object(MemBufObject *self, int gc)
+{
+    if (gc) {
+        PyObject_GC_Del(self);
+    }
+    else {
+        PyObject_Free(self);
+    }
+#ifdef Py_LIMITED_API
+    Py_DECREF(MEMBUF_TYPE); /* instances of a heap type own a reference to it */
+#endif
+}
+
 /* Give an object's memory back (its fields are done with): onto its free
  * list if it is compact and there is room (and, with a GC header, the GC
  * never finalized it: that mark stays in the header). */
@@ -145,15 +161,7 @@ free_object(MemBufObject *self)
         }
     }
 #endif
-    if (flags & MB_GC_HEAD) {
-        PyObject_GC_Del(self);
-    }
-    else {
-        PyObject_Free(self);
-    }
-#ifdef Py_LIMITED_API
-    Py_DECREF(MEMBUF_TYPE); /* instances of a heap type own a reference to it */
-#endif
+    give_back_object(self, flags & MB_GC_HEAD);
 }
 
 void
@@ -161,16 +169,7 @@ membuf_clear_freelist(void)
 {
     for (int form = 0; form < MB_FORMS; form++) {
         while (freelist_len[form] > 0) {
-            MemBufObject *self = freelist[form][--freelist_len[form]];
-            if (form & 2) {
-                PyObject_GC_Del(self);
-            }
-            else {
-                PyObject_Free(self);
-            }
-#ifdef Py_LIMITED_API
-            Py_DECREF(MEMBUF_TYPE);
-#endif
+            give_back_object(freelist[form][--freelist_len[form]], form & 2);
         }
     }
 }
@@ -237,20 +236,18 @@ membuf_alloc(int extended, int gc, int compact, int ndim, const char *format)
             return NULL;
         }
         MemBufExtended *ext = membuf_ext(self);
+        Py_ssize_t *trailing = (Py_ssize_t *)(ext + 1);
         ext->owner = NULL;
         ext->mem = NULL;
         ext->mem_len = 0;
-        {
-            Py_ssize_t *trailing = (Py_ssize_t *)(ext + 1);
-            ext->itemsize = 1;
-            ext->ndim = ndim;
-            ext->shape = trailing;
-            ext->strides = trailing + ndim;
-            ext->format = NULL;
-            if (format != NULL) {
-                ext->format = (char *)(trailing + 2 * ndim);
-                memcpy(ext->format, format, format_size);
-            }
+        ext->itemsize = 1;
+        ext->ndim = ndim;
+        ext->shape = trailing;
+        ext->strides = trailing + ndim;
+        ext->format = NULL;
+        if (format != NULL) {
+            ext->format = (char *)(trailing + 2 * ndim);
+            memcpy(ext->format, format, format_size);
         }
     }
     self->buf = NULL;
